@@ -1,0 +1,122 @@
+"""The one qemu-img wrapper: info, check, overlays, convert with progress, map.
+
+Not bundled into the agent (it runs qemu-img on the conversion host).
+"""
+import hashlib
+import json
+import os
+import re
+import subprocess
+from typing import Callable, Dict, List, Optional
+
+from v2v.command import output, run
+from v2v.errors import CommandError, OutputError, SourceError
+
+QEMU_IMG = "qemu-img"
+
+
+def info(path: str, fmt: Optional[str] = None, backing_chain: bool = False) -> Dict:
+    """qemu-img info as a dict (for a chain: the top image's dict with "chain" holding all)."""
+    argv = [QEMU_IMG, "info", "--output=json"]
+    if fmt:
+        argv += ["-f", fmt]
+    if backing_chain:
+        argv.append("--backing-chain")
+    argv.append(path)
+    try:
+        data = json.loads(output(argv, what="qemu-img info " + os.path.basename(path)))
+    except CommandError as e:
+        raise SourceError("{}: cannot read as a disk image: {}".format(path, _tail(e.stderr))) from None
+    if backing_chain:
+        return dict(data[0], chain=data)
+    return data
+
+
+def check(path: str, fmt: str) -> None:
+    """Consistency check for formats qemu-img can check; raises SourceError on corruption."""
+    cp = run([QEMU_IMG, "check", "-f", fmt, "--output=json", path], check=False)
+    if cp.returncode in (0, 3):     # 3: leaked clusters only, harmless for reading
+        return
+    if cp.returncode == 63 or b"not support" in cp.stderr:  # format has no check
+        return
+    raise SourceError("{}: the {} image is corrupt or truncated: {}".format(
+        path, fmt, _tail(cp.stderr.decode("utf-8", "replace") or cp.stdout.decode("utf-8", "replace"))))
+
+
+def create_overlay(backing: str, backing_fmt: str, path: str) -> None:
+    """A qcow2 overlay over backing; all writes land in the overlay, never in backing."""
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", os.path.abspath(backing), "-F", backing_fmt, path],
+        what="creating an overlay")
+
+
+def create(path: str, fmt: str, size: int, preallocation: str = "off") -> None:
+    run([QEMU_IMG, "create", "-q", "-f", fmt, "-o", "preallocation=" + preallocation, path, str(size)],
+        what="creating " + path)
+
+
+def convert(src: str, src_fmt: str, dst: str, dst_fmt: str,
+            progress: Optional[Callable[[float], None]] = None, compress: bool = False,
+            target_is_zero: bool = False) -> None:
+    """Copy src to dst sparsely (only allocated, non-zero data is written); progress gets 0..100."""
+    argv = [QEMU_IMG, "convert", "-p", "-f", src_fmt, "-O", dst_fmt, "-W", "-m", "4"]
+    if dst_fmt == "qcow2":
+        argv += ["-o", "compat=1.1"]
+        if compress:
+            argv.append("-c")
+    if target_is_zero:
+        argv += ["-n", "--target-is-zero"]
+    argv += [src, dst]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    buf = b""
+    pat = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+    while True:
+        chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(64)
+        if not chunk:
+            break
+        buf = (buf + chunk)[-256:]
+        m = None
+        for m in pat.finditer(buf):
+            pass
+        if m is not None and progress is not None:
+            progress(float(m.group(1)))
+    err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+    rc = proc.wait()
+    if rc != 0:
+        if "No space left" in err:
+            raise OutputError("no space left on the device holding {} ({})".format(
+                os.path.dirname(os.path.abspath(dst)), _tail(err)))
+        raise CommandError(argv, rc, err, "copying the disk")
+
+
+def allocated_extents(path: str, fmt: str) -> List[Dict]:
+    """qemu-img map: the extents that hold data (and where), for the whole chain."""
+    data = json.loads(output([QEMU_IMG, "map", "--output=json", "-f", fmt, path]))
+    return [e for e in data if e.get("data")]
+
+
+def sha256_file(path: str, progress: Optional[Callable[[int, int], None]] = None) -> str:
+    """sha256 of the file's bytes; holes in sparse files are read as zeros (that is what the file holds)."""
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    done = 0
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(4 << 20)
+            if not b:
+                break
+            h.update(b)
+            done += len(b)
+            if progress is not None:
+                progress(done, size)
+    return h.hexdigest()
+
+
+def _tail(text: str) -> str:
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no detail"
+
+
+def measure(path: str, fmt: str, out_fmt: str) -> Dict:
+    """qemu-img measure: bytes a converted copy needs ("required") and fully allocated ("fully-allocated")."""
+    return json.loads(output([QEMU_IMG, "measure", "--output=json", "-f", fmt, "-O", out_fmt, path]))

@@ -1,0 +1,137 @@
+"""The one libguestfs wrapper: one appliance session per conversion, for inspection and every fixup.
+
+Only this module imports the guestfs binding; fixups receive an Appliance.
+"""
+import os
+import shlex
+import time
+from typing import List, Optional, Sequence, Tuple
+
+from v2v.errors import FixupError, InspectionError
+
+try:
+    import guestfs
+except ImportError:  # reported by `v2v doctor`; the error below says what to install
+    guestfs = None
+
+
+class Appliance:
+    """A launched libguestfs appliance over writable overlays (never the source)."""
+
+    def __init__(self, drives: Sequence[Tuple[str, str]], accel: str = "tcg", memsize: int = 1024,
+                 smp: int = 2, readonly: bool = False, trace: bool = False) -> None:
+        if guestfs is None:
+            raise InspectionError("the libguestfs Python binding is missing: apt-get install python3-guestfs "
+                                  "(and use a venv made with --system-site-packages)")
+        self.g = guestfs.GuestFS(python_return_dict=True)
+        os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
+        if accel == "tcg":
+            self.g.set_backend_settings(["force_tcg"])
+        self.g.set_memsize(memsize)
+        self.g.set_smp(smp)
+        self.g.set_network(False)
+        if trace or os.environ.get("V2V_TRACE_GUESTFS"):
+            self.g.set_trace(1)
+        for path, fmt in drives:
+            self.g.add_drive_opts(path, format=fmt, readonly=readonly, cachemode="unsafe",
+                                  discard="besteffort")
+        self.launch_seconds = 0.0
+        self.mounted: List[str] = []
+
+    def launch(self) -> None:
+        t0 = time.monotonic()
+        try:
+            self.g.launch()
+        except RuntimeError as e:
+            raise InspectionError("the libguestfs appliance did not start: {} (run `v2v doctor`, "
+                                  "or libguestfs-test-tool for details)".format(_one_line(e))) from None
+        self.launch_seconds = time.monotonic() - t0
+
+    def mount_guest(self, mountpoints: Sequence[Tuple[str, str]], readonly: bool = False) -> None:
+        """Mount the guest's filesystems (mountpoint, device), shortest mountpoint first."""
+        for mp, dev in sorted(mountpoints, key=lambda m: len(m[0])):
+            try:
+                if readonly:
+                    self.g.mount_ro(dev, mp)
+                else:
+                    self.g.mount(dev, mp)
+                self.mounted.append(mp)
+            except RuntimeError as e:
+                if mp == "/":
+                    raise InspectionError("cannot mount the root filesystem {}: {}".format(
+                        dev, _one_line(e))) from None
+                # a broken non-root filesystem (e.g. a stale fstab entry) must not stop the conversion
+
+    def command(self, argv: Sequence[str], what: str) -> str:
+        """Run argv inside the guest (chroot with /dev /proc /sys); FixupError with output on failure."""
+        script = " ".join(shlex.quote(a) for a in argv) + " 2>&1"
+        try:
+            # through sh so the failing command's own output (stdout+stderr) reaches the error
+            return self.g.sh(script)
+        except RuntimeError as e:
+            raise FixupError("{} failed inside the guest: {}".format(what, _one_line(e, 300))) from None
+
+    def exists(self, path: str) -> bool:
+        return bool(self.g.exists(path))
+
+    def is_file(self, path: str) -> bool:
+        return bool(self.g.is_file(path))
+
+    def read_text(self, path: str) -> str:
+        return self.g.read_file(path).decode("utf-8", "surrogateescape")
+
+    def write_text(self, path: str, text: str) -> None:
+        """Write a guest file, keeping the mode and owner of the file it replaces."""
+        mode = owner = None
+        if self.g.exists(path):
+            st = self.g.statns(path)
+            mode, owner = st["st_mode"] & 0o7777, (st["st_uid"], st["st_gid"])
+        self.g.write(path, text.encode("utf-8", "surrogateescape"))
+        if mode is not None and owner is not None:
+            self.g.chmod(mode, path)
+            self.g.chown(owner[0], owner[1], path)
+
+    def fstrim_all(self) -> None:
+        """Discard free space of every mounted filesystem so the copy skips it."""
+        for mp in self.mounted:
+            try:
+                self.g.fstrim(mp)
+            except RuntimeError:
+                pass  # not every filesystem supports discard; the copy is just larger
+
+    def close(self) -> None:
+        """Unmount, sync and shut the appliance down (writes reach the overlays)."""
+        if self.g is None:
+            return
+        try:
+            try:
+                self.g.umount_all()
+            except RuntimeError:
+                pass
+            self.g.shutdown()
+        except RuntimeError as e:
+            raise FixupError("the appliance did not shut down cleanly: " + _one_line(e)) from None
+        finally:
+            self.g.close()
+            self.g = None
+
+    def __enter__(self) -> "Appliance":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.g is not None:
+            try:
+                self.close()
+            except FixupError:
+                if exc[0] is None:
+                    raise
+
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def guestfs_available() -> Optional[str]:
+    """None when the binding is importable, else what to install."""
+    return None if guestfs is not None else "apt-get install python3-guestfs"

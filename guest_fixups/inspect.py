@@ -1,0 +1,90 @@
+"""Inspection: what OS the overlays hold, where it mounts, how it boots."""
+from typing import List, Sequence, Tuple
+
+from v2v.errors import InspectionError
+from v2v.types import Filesystem, Guest, SourceDisk
+
+from .appliance import Appliance
+
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+
+
+def inspect(app: Appliance, disks: Sequence[SourceDisk]) -> Guest:
+    """Inspect the launched appliance; mounts the guest read-write (fixups run next in the same session)."""
+    g = app.g
+    try:
+        roots = g.inspect_os()
+    except RuntimeError as e:
+        raise InspectionError("inspection failed: {}".format(e)) from None
+    if not roots:
+        raise InspectionError("no operating system was found on the disk(s): is this the right image, "
+                              "and is it whole? (a data disk needs the OS disk given with it)")
+    if len(roots) > 1:
+        raise InspectionError("several operating systems were found ({}); multi-boot guests are not "
+                              "supported".format(", ".join(roots)))
+    root = roots[0]
+    ostype = g.inspect_get_type(root)
+    mps = g.inspect_get_mountpoints(root)
+    mountpoints: Tuple[Tuple[str, str], ...] = tuple(sorted(mps.items(), key=lambda kv: len(kv[0])))
+    app.mount_guest(mountpoints)
+    by_dev = {dev: mp for mp, dev in mountpoints}
+    filesystems: List[Filesystem] = []
+    for dev, fstype in sorted(g.list_filesystems().items()):
+        if fstype in ("unknown", ""):
+            continue
+        filesystems.append(Filesystem(device=dev, fstype=fstype, uuid=_safe(g.vfs_uuid, dev),
+                                      label=_safe(g.vfs_label, dev), mountpoint=by_dev.get(dev, "")))
+    kernels: Tuple[str, ...] = ()
+    apps: Tuple[str, ...] = ()
+    if ostype == "linux":
+        kernels = tuple(sorted(p[len("vmlinuz-"):] for p in g.ls("/boot") if p.startswith("vmlinuz-")))
+        try:
+            apps = tuple(sorted({a["app2_name"] for a in g.inspect_list_applications2(root)}))
+        except RuntimeError:
+            apps = ()
+    return Guest(
+        type=ostype,
+        distro=g.inspect_get_distro(root),
+        product_name=g.inspect_get_product_name(root),
+        major=g.inspect_get_major_version(root),
+        minor=g.inspect_get_minor_version(root),
+        arch=g.inspect_get_arch(root),
+        hostname=g.inspect_get_hostname(root),
+        root=root,
+        firmware=_firmware(app, ostype),
+        package_format=g.inspect_get_package_format(root),
+        package_management=g.inspect_get_package_management(root),
+        osinfo=g.inspect_get_osinfo(root),
+        mountpoints=mountpoints,
+        filesystems=tuple(filesystems),
+        kernels=kernels,
+        applications=apps,
+        disks=tuple(disks),
+    )
+
+
+def _firmware(app: Appliance, ostype: str) -> str:
+    """uefi when a disk has an EFI System Partition that holds a bootloader, else bios."""
+    g = app.g
+    for dev in g.list_devices():
+        try:
+            if g.part_get_parttype(dev) != "gpt":
+                continue
+        except RuntimeError:
+            continue
+        for part in g.part_list(dev):
+            num = part["part_num"]
+            try:
+                guid = g.part_get_gpt_type(dev, num).upper()
+            except RuntimeError:
+                continue
+            if guid == ESP_GUID:
+                return "uefi"
+    return "bios"
+
+
+def _safe(fn, dev: str) -> str:
+    try:
+        return fn(dev) or ""
+    except RuntimeError:
+        return ""

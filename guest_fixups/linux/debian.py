@@ -1,0 +1,119 @@
+"""Debian and Ubuntu: dpkg/apt, initramfs-tools, grub-pc/grub-efi."""
+import re
+from typing import List, Sequence
+
+from v2v.errors import FixupError
+
+from .distro import LinuxDistro, register
+
+OMIT_HOOK = "/etc/initramfs-tools/hooks/v2v-omit-hypervisor-modules"
+MODULES_FILE = "/etc/initramfs-tools/modules"
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+
+
+@register
+class Debian(LinuxDistro):
+    family = "debian"
+    distros = ("debian", "ubuntu", "linuxmint", "kalilinux")
+
+    def _env(self) -> str:
+        return "env DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true"
+
+    def remove_packages(self, names: Sequence[str]) -> str:
+        """apt-get purge, only if apt would remove exactly these packages (it never downloads here)."""
+        sim = self.app.command(["apt-get", "-s", "-q", "purge"] + list(names), "apt-get -s purge")
+        removing = set(re.findall(r"^Purg (\S+)", sim, re.M)) | set(re.findall(r"^Remv (\S+)", sim, re.M))
+        extra = sorted(removing - set(names))
+        if extra:
+            raise FixupError("removing {} would also remove {}; remove them by hand after the "
+                             "conversion".format(", ".join(names), ", ".join(extra)))
+        with _no_service_starts(self):
+            return self.app.g.sh("{} apt-get -y -q purge {} 2>&1".format(self._env(), " ".join(names)))
+
+    def initramfs_path(self, kernel: str) -> str:
+        return "/boot/initrd.img-" + kernel
+
+    def rebuild_initramfs(self, kernel: str, add: Sequence[str], omit: Sequence[str]) -> None:
+        if not self.app.exists("/usr/sbin/update-initramfs"):
+            raise FixupError("initramfs-tools is not installed in the guest (no update-initramfs); "
+                             "install it before converting")
+        self._edit_modules_file(add, omit)
+        self.app.write_text(OMIT_HOOK, _omit_hook(omit))
+        self.app.g.chmod(0o755, OMIT_HOOK)
+        flag = "-u" if self.app.exists(self.initramfs_path(kernel)) else "-c"
+        self.app.command(["update-initramfs", flag, "-k", kernel], "update-initramfs for " + kernel)
+
+    def _edit_modules_file(self, add: Sequence[str], omit: Sequence[str]) -> None:
+        text = self.app.read_text(MODULES_FILE) if self.app.exists(MODULES_FILE) else ""
+        present = set()
+        out = []
+        omit_set = {m.replace("-", "_") for m in omit}
+        for line in text.splitlines():
+            word = line.split("#", 1)[0].split()
+            name = word[0].replace("-", "_") if word else ""
+            if name in omit_set:
+                out.append("# " + line + "    # disabled by v2v: old hypervisor driver")
+                continue
+            present.add(name)
+            out.append(line)
+        missing = [m for m in add if m.replace("-", "_") not in present]
+        if missing:
+            out.append("# added by v2v: drivers for the KVM disk and network")
+            out += missing
+        self.app.write_text(MODULES_FILE, "\n".join(out) + "\n")
+
+    def initramfs_modules(self, kernel: str) -> List[str]:
+        listing = self.app.command(["lsinitramfs", self.initramfs_path(kernel)], "lsinitramfs")
+        names = []
+        for path in listing.splitlines():
+            m = re.search(r"/([^/]+)\.ko(?:\.[a-z0-9]+)?$", path)
+            if m:
+                names.append(m.group(1).replace("-", "_"))
+        return sorted(set(names))
+
+    def bootloader_config_files(self) -> List[str]:
+        return ["/etc/default/grub"] + [
+            "/etc/default/grub.d/" + f for f in (self.app.g.ls("/etc/default/grub.d")
+                                                if self.app.g.is_dir("/etc/default/grub.d") else [])
+            if f.endswith(".cfg")]
+
+    def update_bootloader(self) -> str:
+        if self.app.exists("/usr/sbin/update-grub"):
+            self.app.command(["update-grub"], "update-grub")
+            return "grub.cfg regenerated (update-grub)"
+        if self.app.exists("/usr/sbin/grub-mkconfig"):
+            self.app.command(["grub-mkconfig", "-o", "/boot/grub/grub.cfg"], "grub-mkconfig")
+            return "grub.cfg regenerated (grub-mkconfig)"
+        raise FixupError("no GRUB found in the guest (update-grub/grub-mkconfig); only GRUB is supported")
+
+
+class _no_service_starts:
+    """policy-rc.d 101 while packages change offline, so no maintainer script starts a daemon."""
+
+    def __init__(self, distro: Debian) -> None:
+        self.app = distro.app
+        self.had = False
+
+    def __enter__(self) -> None:
+        self.had = self.app.exists(POLICY_RC_D)
+        if not self.had:
+            self.app.write_text(POLICY_RC_D, "#!/bin/sh\n# v2v: offline conversion, start nothing\nexit 101\n")
+            self.app.g.chmod(0o755, POLICY_RC_D)
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.had:
+            self.app.g.rm_f(POLICY_RC_D)
+
+
+def _omit_hook(omit: Sequence[str]) -> str:
+    names = " ".join(sorted({m.replace("-", "_") for m in omit} | {m.replace("_", "-") for m in omit}))
+    return """#!/bin/sh
+# Added by v2v: this guest was converted to KVM; keep drivers of its old hypervisor out of the initramfs.
+PREREQ=""
+prereqs() {{ echo "$PREREQ"; }}
+case "$1" in prereqs) prereqs; exit 0 ;; esac
+for m in {names}; do
+    find "${{DESTDIR}}" -name "${{m}}.ko*" -type f -delete 2>/dev/null
+done
+exit 0
+""".format(names=names)

@@ -1,0 +1,84 @@
+"""What differs between Linux families, behind one base class; one file per family."""
+from typing import Dict, List, Optional, Sequence, Type
+
+from v2v.errors import UnsupportedGuest
+from v2v.types import FixLine, Guest, Plan
+
+from ..appliance import Appliance
+
+
+class LinuxDistro:
+    """A Linux family: how it rebuilds the initramfs, updates the bootloader and removes packages."""
+
+    family = "linux"
+    distros: Sequence[str] = ()
+
+    def __init__(self, app: Appliance, guest: Guest) -> None:
+        self.app = app
+        self.guest = guest
+
+    # --- what each family provides ---------------------------------------------------------
+    def installed_packages(self) -> List[str]:
+        return list(self.guest.applications)
+
+    def remove_packages(self, names: Sequence[str]) -> str:
+        raise NotImplementedError
+
+    def rebuild_initramfs(self, kernel: str, add: Sequence[str], omit: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def initramfs_path(self, kernel: str) -> str:
+        raise NotImplementedError
+
+    def initramfs_modules(self, kernel: str) -> List[str]:
+        """Module names (no extension) inside the kernel's initramfs."""
+        raise NotImplementedError
+
+    def bootloader_config_files(self) -> List[str]:
+        raise NotImplementedError
+
+    def update_bootloader(self) -> str:
+        raise NotImplementedError
+
+    # --- the conversion, the same for every family ------------------------------------------
+    def convert(self, plan: Plan) -> List[FixLine]:
+        from . import bootloader, fstab, hvtools, initramfs, network
+        lines: List[FixLine] = []
+        lines += hvtools.remove_hypervisor_tools(self)
+        lines += fstab.fix_device_names(self)
+        lines += network.fix_network(self, plan)
+        lines += bootloader.fix_bootloader_config(self)
+        lines += initramfs.rebuild(self)
+        lines += bootloader.update(self)
+        return lines
+
+
+_FAMILIES: List[Type[LinuxDistro]] = []
+
+
+def register(cls: Type[LinuxDistro]) -> Type[LinuxDistro]:
+    _FAMILIES.append(cls)
+    return cls
+
+
+def for_guest(app: Appliance, guest: Guest) -> LinuxDistro:
+    """The family class for the guest, or UnsupportedGuest naming what is supported."""
+    from . import debian  # noqa: F401 - registers itself; one import line per family
+    for cls in _FAMILIES:
+        if guest.distro in cls.distros:
+            return cls(app, guest)
+    supported = sorted(d for cls in _FAMILIES for d in cls.distros)
+    raise UnsupportedGuest("{} ({}) is not supported yet; supported Linux distributions: {}".format(
+        guest.product_name, guest.distro, ", ".join(supported)))
+
+
+def supported_distros() -> Dict[str, str]:
+    from . import debian  # noqa: F401
+    return {d: cls.family for cls in _FAMILIES for d in cls.distros}
+
+
+def find_first(app: Appliance, paths: Sequence[str]) -> Optional[str]:
+    for p in paths:
+        if app.is_file(p):
+            return p
+    return None

@@ -1,0 +1,54 @@
+"""Rebuild every kernel's initramfs with virtio drivers and without the old hypervisor's drivers."""
+from typing import List
+
+from hv_drivers.linux_modules import OLD_HYPERVISOR_MODULES, VIRTIO_MODULES
+from v2v.errors import FixupError
+from v2v.types import FixLine
+
+from .distro import LinuxDistro
+
+
+def _builtin(d: LinuxDistro, kernel: str) -> set:
+    path = "/lib/modules/{}/modules.builtin".format(kernel)
+    if not d.app.is_file(path):
+        return set()
+    return {ln.rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_")
+            for ln in d.app.read_text(path).splitlines() if ln.strip()}
+
+
+def _available(d: LinuxDistro, kernel: str) -> set:
+    path = "/lib/modules/{}/modules.dep".format(kernel)
+    if not d.app.is_file(path):
+        return set()
+    return {ln.split(":", 1)[0].rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_")
+            for ln in d.app.read_text(path).splitlines() if ln.strip()}
+
+
+def rebuild(d: LinuxDistro) -> List[FixLine]:
+    if not d.guest.kernels:
+        raise FixupError("no kernel found in /boot of the guest; nothing could boot it")
+    lines = []
+    for kernel in d.guest.kernels:
+        builtin = _builtin(d, kernel)
+        available = _available(d, kernel)
+        if not available and not builtin:
+            lines.append(FixLine("initramfs", "warning",
+                                 "kernel {}: no /lib/modules/{} (modules missing); skipped".format(kernel, kernel)))
+            continue
+        want = [m for m in VIRTIO_MODULES if m not in builtin]
+        missing = [m for m in want if m not in available]
+        if missing:
+            raise FixupError("kernel {} has no {} module; it cannot boot on KVM virtio (install a newer "
+                             "kernel in the guest first)".format(kernel, ", ".join(missing)))
+        d.rebuild_initramfs(kernel, want, OLD_HYPERVISOR_MODULES)
+        inside = set(d.initramfs_modules(kernel))
+        absent = [m for m in want if m not in inside]
+        if absent:
+            raise FixupError("the rebuilt initramfs of {} still lacks {}".format(kernel, ", ".join(absent)))
+        left = sorted(inside & {m.replace("-", "_") for m in OLD_HYPERVISOR_MODULES})
+        msg = "kernel {}: initramfs rebuilt with {}".format(kernel, ", ".join(VIRTIO_MODULES))
+        if builtin & set(VIRTIO_MODULES):
+            msg += " ({} built in)".format(", ".join(sorted(builtin & set(VIRTIO_MODULES))))
+        msg += "; old-hypervisor drivers excluded" if not left else "; still holds " + ", ".join(left)
+        lines.append(FixLine("initramfs", "changed" if not left else "warning", msg))
+    return lines

@@ -1,0 +1,213 @@
+"""The command line: thin. The library returns values and raises V2VError, caught once here."""
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+import click
+
+from . import __version__
+from .errors import V2VError
+from .events import Emitter
+from .types import Result, to_json
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def _emitter(json_mode: bool) -> Emitter:
+    return Emitter(json_mode=json_mode)
+
+
+def _fail(events: Emitter, e: V2VError) -> None:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    events.error(msg, type(e).__name__)
+    click.echo("v2v: error: " + msg, err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="v2v")
+@click.option("-v", "--verbose", is_flag=True, help="Log every external command.")
+def main(verbose: bool) -> None:
+    """Convert Linux guests on disk images (and, later, live hosts) into KVM guests that boot.
+
+    \b
+    Examples:
+      v2v doctor
+      v2v inspect web1.vmdk --json
+      v2v convert disk web1.vmdk --to libvirt --name web1 --verify-boot
+      v2v convert disk a.qcow2 b.qcow2 --to local --out ./web1 --format raw
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--json", "json_mode", is_flag=True, help="One JSON object on stdout.")
+@click.option("--connect", "uri", default="qemu:///system", show_default=True, help="libvirt URI to check.")
+def doctor(json_mode: bool, uri: str) -> None:
+    """What this host can and cannot do for conversions, and how to fix it.
+
+    \b
+    Example:
+      v2v doctor
+      V2V_ACCEL=tcg v2v doctor --json
+    """
+    from .doctor import run_doctor
+    checks = run_doctor(uri)
+    required_failed = [c for c in checks if not c.ok and c.name != "kvm"]
+    if json_mode:
+        click.echo(json.dumps({"event": "result", "ok": not required_failed,
+                               "checks": [to_json(c) for c in checks]}, sort_keys=True))
+    else:
+        for c in checks:
+            mark = "ok  " if c.ok else ("warn" if c.name == "kvm" else "FAIL")
+            click.echo("[{}] {:<14} {}".format(mark, c.name, c.detail))
+            if not c.ok and c.fix:
+                click.echo("       {:<14} fix: {}".format("", c.fix))
+    sys.exit(1 if required_failed else 0)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("disks", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("--input-format", type=click.Choice(["raw", "qcow2", "vmdk", "vpc", "vhdx"]),
+              help="Input format (default: detected from the content, not the file name).")
+@click.option("--json", "json_mode", is_flag=True, help="Print the report as one JSON object.")
+def inspect(disks: Sequence[str], input_format: Optional[str], json_mode: bool) -> None:
+    """Inspect the guest on DISKS and say what a conversion would do. Writes nothing.
+
+    \b
+    Example:
+      v2v inspect web1.vmdk
+      v2v inspect web1-disk1.vmdk web1-disk2.vmdk --json
+    """
+    from .pipeline import inspect_only
+    events = _emitter(json_mode)
+    try:
+        report = inspect_only(disks, input_format, events)
+    except V2VError as e:
+        _fail(events, e)
+        return
+    guest, plan = report["guest"], report["plan"]
+    payload: Dict[str, Any] = {"guest": to_json(guest), "plan": to_json(plan) if plan else None,
+                               "convertible": plan is not None, "refusal": report["refusal"]}
+    if json_mode:
+        events.result(payload)
+        return
+    click.echo("{}  ({} {}.{}, {}, {})".format(guest.product_name, guest.distro, guest.major, guest.minor,
+                                               guest.arch, guest.firmware.upper()))
+    click.echo("  hostname     {}".format(guest.hostname))
+    click.echo("  root         {}".format(guest.root))
+    for mp, dev in guest.mountpoints:
+        click.echo("  mount        {:<12} {}".format(mp, dev))
+    click.echo("  kernels      {}".format(", ".join(guest.kernels) or "none"))
+    if plan is not None:
+        click.echo("  would get    {} disks on virtio, {} machine, {} MiB, {} vCPUs, NIC {} named {}".format(
+            len(guest.disks), plan.machine, plan.memory_mib, plan.vcpus, plan.network.mac,
+            plan.network.guest_name or "(by the guest's default policy)"))
+        for n in plan.notes:
+            click.echo("  note         " + n)
+    else:
+        click.echo("  cannot convert: " + report["refusal"])
+        sys.exit(1)
+
+
+@main.group(context_settings=CONTEXT)
+def convert() -> None:
+    """Convert a guest into a KVM guest.
+
+    \b
+    Examples:
+      v2v convert disk web1.vmdk --to libvirt --name web1 --verify-boot
+      v2v convert disk a.qcow2 b.qcow2 --to local --out ./web1 --format raw
+    """
+
+
+@convert.command("disk", context_settings=CONTEXT)
+@click.argument("disks", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("--to", "to", type=click.Choice(["libvirt", "local"]), required=True, help="Where the result goes.")
+@click.option("--name", help="Name of the converted guest (default: the first disk's file name).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="--to local: directory for disks and XML.")
+@click.option("--storage", type=click.Path(file_okay=False),
+              help="--to libvirt: directory for the disks (default: the 'default' pool's directory).")
+@click.option("--format", "out_format", type=click.Choice(["qcow2", "raw"]), default="qcow2", show_default=True,
+              help="Format of the converted disks.")
+@click.option("--input-format", type=click.Choice(["raw", "qcow2", "vmdk", "vpc", "vhdx"]),
+              help="Input format (default: detected from the content, not the file name).")
+@click.option("--connect", "uri", default="qemu:///system", show_default=True, help="--to libvirt: libvirt URI.")
+@click.option("--network", default="default", show_default=True, help="libvirt network for the NIC.")
+@click.option("--bridge", default="", help="Host bridge for the NIC instead of a libvirt network.")
+@click.option("--memory", "memory_mib", type=click.IntRange(128, 4 << 20), help="Memory in MiB (default 2048).")
+@click.option("--vcpus", type=click.IntRange(1, 1024), help="Virtual CPUs (default 2).")
+@click.option("--mac", help="MAC address of the NIC (default: a random 52:54:00 address).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing domain or files of the same name.")
+@click.option("--verify-boot", is_flag=True, help="Boot a throwaway overlay of the result and report.")
+@click.option("--boot-timeout", type=float, help="Seconds to wait for the boot marker (default 240 KVM, 900 TCG).")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Directory for temporary overlays.")
+@click.option("--json", "json_mode", is_flag=True, help="JSON lines on stdout: stages, progress, result.")
+def convert_disk(disks: Sequence[str], to: str, name: Optional[str], out_dir: Optional[str],
+                 storage: Optional[str], out_format: str, input_format: Optional[str], uri: str, network: str,
+                 bridge: str, memory_mib: Optional[int], vcpus: Optional[int], mac: Optional[str], overwrite: bool,
+                 verify_boot: bool, boot_timeout: Optional[float], workdir: Optional[str], json_mode: bool) -> None:
+    """Convert the guest on DISKS (raw, qcow2, VMDK, VHD, VHDX; the OS disk first).
+
+    \b
+    Examples:
+      v2v convert disk web1.vmdk --to libvirt --name web1 --verify-boot
+      v2v convert disk web1.vhdx --to libvirt --storage /srv/vms --name web1
+      v2v convert disk a.qcow2 b.qcow2 --to local --out ./web1 --format raw --json
+    """
+    from .outputs import OutputOptions
+    from .pipeline import ConvertOptions, convert as run_convert, default_name
+    events = _emitter(json_mode)
+    if to == "local" and not out_dir:
+        raise click.UsageError("--to local needs --out DIR")
+    if mac is not None and not _valid_mac(mac):
+        raise click.BadParameter("not a unicast MAC address like 52:54:00:12:34:56", param_hint="--mac")
+    opts = ConvertOptions(
+        output=OutputOptions(kind=to, name=name or default_name(disks), format=out_format, out_dir=out_dir,
+                             storage=storage, uri=uri, network=network, bridge=bridge, overwrite=overwrite),
+        input_format=input_format, memory_mib=memory_mib, vcpus=vcpus, mac=mac.lower() if mac else None,
+        verify_boot=verify_boot, boot_timeout=boot_timeout, workdir=workdir)
+    try:
+        result = run_convert(disks, opts, events)
+    except V2VError as e:
+        _fail(events, e)
+        return
+    events.result(to_json(result))
+    if not json_mode:
+        _print_result(result)
+    if result.boot is not None and not result.boot.ok:
+        if not json_mode:
+            click.echo("v2v: error: the converted guest did not boot: " + result.boot.reason, err=True)
+        sys.exit(1)
+
+
+def _valid_mac(mac: str) -> bool:
+    import re
+    return bool(re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", mac)) and int(mac[:2], 16) & 1 == 0
+
+
+def _print_result(r: Result) -> None:
+    click.echo("")
+    click.echo("Converted {} -> {}".format(r.name, "libvirt domain {} on {}".format(r.name, r.libvirt_uri)
+                                           if r.output == "libvirt" else r.domain_xml))
+    for d in r.disks:
+        click.echo("  disk {}  {} ({}) sha256 {}".format(d.target_dev, d.path, d.format, d.sha256[:16]))
+    if r.fixes:
+        for ln in r.fixes.lines:
+            click.echo("  {:<8} {:<18} {}".format(ln.status, ln.name, ln.message))
+    if r.timings:
+        click.echo("  time     " + ", ".join("{} {:.0f}s".format(k, v) for k, v in r.timings))
+    if r.boot is not None:
+        b = r.boot
+        if b.ok:
+            click.echo("  BOOT OK  in {:.0f}s on virtio ({}): {}".format(b.seconds, b.accel.upper(), " ".join(b.details)))
+        else:
+            click.echo("  BOOT FAILED after {:.0f}s ({}): {}".format(b.seconds, b.accel.upper(), b.reason))
+            for ln in b.console_tail[-10:]:
+                click.echo("    | " + ln)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The one event emitter: a progress bar and stage lines on a terminal, JSON lines with --json.
+
+JSON events are one object per line on stdout with stable fields:
+  {"event": "stage", "stage": "copy", "message": "..."}
+  {"event": "progress", "stage": "copy", "done": 123, "total": 456, "unit": "bytes"}
+  {"event": "warning", "message": "..."}
+  {"event": "info", "message": "..."}
+  {"event": "result", ...}          the last line of a successful run
+  {"event": "error", "message": "...", "kind": "SourceError"}   the last line of a failed run
+"""
+import io
+import json
+import sys
+import threading
+import time
+from typing import Any, Optional, TextIO
+
+try:
+    from tqdm import tqdm
+except ImportError:  # the bar is a nicety; JSON and plain lines work without it
+    tqdm = None
+
+
+class Emitter:
+    """Events go here; rendering depends on the mode chosen once, at start-up."""
+
+    def __init__(self, json_mode: bool = False, quiet: bool = False,
+                 stream: Optional[TextIO] = None) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.out = stream or (sys.stdout if json_mode else sys.stderr)
+        self.tty = (not json_mode) and hasattr(self.out, "isatty") and self.out.isatty()
+        self._bar: Any = None
+        self._bar_stage = ""
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self.warnings: list = []
+
+    def _json(self, obj: dict) -> None:
+        with self._lock:
+            self.out.write(json.dumps(obj, sort_keys=True) + "\n")
+            self.out.flush()
+
+    def _line(self, text: str) -> None:
+        if self.quiet:
+            return
+        with self._lock:
+            self._close_bar()
+            self.out.write("[{:6.1f}] {}\n".format(time.monotonic() - self._t0, text))
+            self.out.flush()
+
+    def stage(self, stage: str, message: str) -> None:
+        if self.json_mode:
+            self._json({"event": "stage", "stage": stage, "message": message})
+        else:
+            self._line(message)
+
+    def info(self, message: str) -> None:
+        if self.json_mode:
+            self._json({"event": "info", "message": message})
+        else:
+            self._line(message)
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+        if self.json_mode:
+            self._json({"event": "warning", "message": message})
+        else:
+            self._line("warning: " + message)
+
+    def progress(self, stage: str, done: int, total: int, unit: str = "bytes") -> None:
+        if self.json_mode:
+            self._json({"event": "progress", "stage": stage, "done": done, "total": total, "unit": unit})
+            return
+        if self.quiet or not self.tty or tqdm is None:
+            return
+        with self._lock:
+            if self._bar is None or self._bar_stage != stage:
+                self._close_bar()
+                scale = unit == "bytes"
+                self._bar = tqdm(total=total, desc=stage, unit="B" if scale else unit,
+                                 unit_scale=scale, unit_divisor=1024, file=self.out, leave=False)
+                self._bar_stage = stage
+            self._bar.update(max(0, done - self._bar.n))
+            if done >= total:
+                self._close_bar()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def result(self, payload: dict) -> None:
+        if self.json_mode:
+            self._json(dict(payload, event="result"))
+
+    def error(self, message: str, kind: str) -> None:
+        if self.json_mode:
+            self._json({"event": "error", "message": message, "kind": kind})
+
+
+def null() -> Emitter:
+    """An emitter that shows nothing (library use, tests); it still records warnings."""
+    return Emitter(quiet=True, stream=io.StringIO())

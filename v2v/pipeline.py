@@ -1,0 +1,207 @@
+"""The one pipeline (DESIGN section 1): open, overlay, inspect, preflight, fix, copy, finalize, verify."""
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from diskfmt import image
+from guest_fixups import inspect as inspection
+from guest_fixups.appliance import Appliance
+from guest_fixups.linux import distro as linux_distro
+from guest_fixups.linux.network import configured_interfaces
+
+from . import osinfo, outputs, verify
+from .doctor import choose_accel
+from .errors import UnsupportedGuest, V2VError
+from .events import Emitter
+from .sources.disk import open_disks
+from .types import FixLine, FixReport, Guest, NetworkPlan, Overlay, Plan, Result, SourceDisk, TargetDisk
+
+DEFAULT_MEMORY_MIB = 2048
+DEFAULT_VCPUS = 2
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    output: outputs.OutputOptions
+    input_format: Optional[str] = None
+    memory_mib: Optional[int] = None
+    vcpus: Optional[int] = None
+    mac: Optional[str] = None
+    verify_boot: bool = False
+    boot_timeout: Optional[float] = None
+    workdir: Optional[str] = None
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.stages: List[Tuple[str, float]] = []
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stages.append((name, round(time.monotonic() - t0, 1)))
+
+
+@contextmanager
+def workdir(base: Optional[str]) -> Iterator[str]:
+    """A private temporary directory for overlays, removed whatever happens."""
+    parent = base or os.environ.get("V2V_WORKDIR") or "/var/tmp"
+    d = tempfile.mkdtemp(prefix="v2v-", dir=parent)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def make_overlays(disks: Sequence[SourceDisk], work: str) -> List[Overlay]:
+    """qcow2 overlays over the sources: the source is never written."""
+    overlays = []
+    for d in disks:
+        path = os.path.join(work, "overlay{}.qcow2".format(d.index))
+        image.create_overlay(d.path, d.format, path)
+        overlays.append(Overlay(path=path, source=d))
+    return overlays
+
+
+def preflight(app: Appliance, guest: Guest, name: str, opts: Optional[ConvertOptions] = None) -> Plan:
+    """Refuse what cannot be converted, before anything is written; decide the target's shape."""
+    if guest.type == "windows":
+        raise UnsupportedGuest("{}: Windows conversion is not available yet in this version".format(
+            guest.product_name))
+    if guest.type != "linux":
+        raise UnsupportedGuest("{} ({}) is not supported: only Linux guests can be converted".format(
+            guest.product_name, guest.type))
+    if guest.arch not in ("x86_64", "i386", "i686"):
+        raise UnsupportedGuest("{} is a {} guest; only x86 guests can be converted to x86 KVM".format(
+            guest.product_name, guest.arch))
+    linux_distro.for_guest(app, guest)      # raises UnsupportedGuest for an unknown family
+    if not guest.kernels:
+        raise UnsupportedGuest("no kernel found in /boot of {}; it cannot boot".format(guest.product_name))
+    osinfo_id, note = osinfo.lookup(guest.osinfo)
+    names, _ = configured_interfaces(app)
+    mac = (opts.mac if opts and opts.mac else None) or random_mac()
+    return Plan(name=name, disk_bus="virtio", firmware=guest.firmware, machine="q35",
+                memory_mib=(opts.memory_mib if opts and opts.memory_mib else DEFAULT_MEMORY_MIB),
+                vcpus=(opts.vcpus if opts and opts.vcpus else DEFAULT_VCPUS), osinfo_id=osinfo_id,
+                network=NetworkPlan(mac=mac, guest_name=names[0] if names else ""),
+                notes=(note,) if note else ())
+
+
+def random_mac() -> str:
+    """A locally administered address in qemu's 52:54:00 range."""
+    return "52:54:00:" + ":".join("{:02x}".format(b) for b in secrets.token_bytes(3))
+
+
+def fix(app: Appliance, guest: Guest, plan: Plan, events: Emitter) -> FixReport:
+    """All guest fixups, in the one appliance session."""
+    d = linux_distro.for_guest(app, guest)
+    lines = d.convert(plan)
+    for ln in lines:
+        (events.warning if ln.status == "warning" else events.info)("{}: {}".format(ln.name, ln.message))
+    return FixReport(lines=tuple(lines))
+
+
+def copy(overlays: Sequence[Overlay], targets: Sequence[TargetDisk], events: Emitter) -> List[TargetDisk]:
+    """Copy each overlay (source blocks + fixups) into its target, sparse; then checksum the target."""
+    total = sum(o.source.virtual_size for o in overlays) or 1
+    base = 0
+    done: List[TargetDisk] = []
+    for ov, t in zip(overlays, targets):
+        size = ov.source.virtual_size
+
+        def progress(pct: float, base: int = base, size: int = size) -> None:
+            events.progress("copy", base + int(size * pct / 100.0), total)
+
+        image.convert(ov.path, "qcow2", t.path, t.format, progress=progress)
+        base += size
+        events.progress("copy", base, total)
+        done.append(replace(t, sha256=image.sha256_file(t.path)))
+    return done
+
+
+def inspect_only(paths: Sequence[str], input_format: Optional[str], events: Emitter) -> Dict:
+    """What `v2v inspect` reports: the guest, the plan, and the refusal if any. Writes nothing."""
+    accel = choose_accel(events)
+    disks = open_disks(paths, input_format)
+    with workdir(None) as work:
+        overlays = make_overlays(disks, work)
+        events.stage("inspect", "inspecting {} (libguestfs appliance, {})".format(
+            ", ".join(os.path.basename(p) for p in paths), accel.accel.upper()))
+        with Appliance([(o.path, "qcow2") for o in overlays], accel=accel.accel) as app:
+            app.launch()
+            guest = inspection.inspect(app, disks)
+            plan = None
+            refusal = ""
+            try:
+                plan = preflight(app, guest, _default_name(paths))
+            except UnsupportedGuest as e:
+                refusal = str(e)
+    return {"guest": guest, "plan": plan, "refusal": refusal}
+
+
+def convert(paths: Sequence[str], opts: ConvertOptions, events: Emitter) -> Result:
+    """Convert the guest on the disk images at paths; on any failure nothing is left behind."""
+    timer = Timer()
+    accel = choose_accel(events)
+    output_opts = replace(opts.output, domain_type="kvm" if accel.accel == "kvm" else "qemu")
+    out = outputs.select(output_opts)
+    with timer.stage("open"):
+        disks = open_disks(paths, opts.input_format)
+    with workdir(opts.workdir) as work:
+        overlays = make_overlays(disks, work)
+        out.check(overlays)
+        try:
+            with timer.stage("inspect+fix"):
+                events.stage("inspect", "inspecting the guest (libguestfs appliance, {})".format(
+                    accel.accel.upper()))
+                with Appliance([(o.path, "qcow2") for o in overlays], accel=accel.accel) as app:
+                    app.launch()
+                    guest = inspection.inspect(app, disks)
+                    events.info("found {} ({} {}, {}), root {}".format(
+                        guest.product_name, guest.distro, guest.arch, guest.firmware.upper(), guest.root))
+                    plan = preflight(app, guest, opts.output.name, opts)
+                    for note in plan.notes:
+                        events.warning(note)
+                    events.stage("fix", "converting the guest for KVM")
+                    report = fix(app, guest, plan, events)
+                    app.fstrim_all()
+            with timer.stage("copy"):
+                needed = sum(out.measure(o) for o in overlays)
+                targets = out.prepare(overlays, needed)
+                events.stage("copy", "copying to {} ({})".format(out.disk_dir(), opts.output.format))
+                targets = copy(overlays, targets, events)
+            with timer.stage("finalize"):
+                result = out.finalize(plan, targets)
+        except BaseException:
+            out.abort()
+            raise
+    result = replace(result, guest=guest, fixes=report, timings=tuple(timer.stages))
+    if opts.verify_boot:
+        with timer.stage("verify"):
+            boot = verify.verify(result, accel.accel, events, timeout=opts.boot_timeout)
+        result = replace(result, boot=boot, timings=tuple(timer.stages))
+    return result
+
+
+def _default_name(paths: Sequence[str]) -> str:
+    base = os.path.basename(paths[0]) if paths else "guest"
+    return base.split(".", 1)[0] or "guest"
+
+
+def default_name(paths: Sequence[str]) -> str:
+    return _default_name(paths)
+
+
+def fix_lines_json(lines: Sequence[FixLine]) -> List[Dict[str, str]]:
+    return [{"name": ln.name, "status": ln.status, "message": ln.message} for ln in lines]
+
+
+__all__ = ["ConvertOptions", "convert", "inspect_only", "V2VError"]
