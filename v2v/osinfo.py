@@ -14,11 +14,19 @@ def _table() -> Dict[str, Tuple[str, str]]:
         text = output(["osinfo-query", "os", "--fields=short-id,id,version"])
     except CommandError:
         return {}
+    lines = text.splitlines()
+    if len(lines) < 2:
+        return {}
+    header = [c.strip().lower() for c in lines[0].split("|")]
+    try:   # osinfo-query prints columns in its own order, whatever order --fields asks for
+        i_short, i_id, i_ver = header.index("short id"), header.index("id"), header.index("version")
+    except ValueError:
+        return {}
     table = {}
-    for line in text.splitlines()[2:]:
+    for line in lines[2:]:
         cols = [c.strip() for c in line.split("|")]
-        if len(cols) == 3 and cols[0]:
-            table[cols[0]] = (cols[1], cols[2])
+        if len(cols) == len(header) and cols[i_short]:
+            table[cols[i_short]] = (cols[i_id], cols[i_ver])
     return table
 
 

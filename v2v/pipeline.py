@@ -129,8 +129,8 @@ def copy(overlays: Sequence[Overlay], targets: Sequence[TargetDisk], events: Emi
 
 def inspect_only(paths: Sequence[str], input_format: Optional[str], events: Emitter) -> Dict:
     """What `v2v inspect` reports: the guest, the plan, and the refusal if any. Writes nothing."""
-    accel = choose_accel(events)
     disks = open_disks(paths, input_format)
+    accel = choose_accel(events)
     with workdir(None) as work:
         overlays = make_overlays(disks, work)
         events.stage("inspect", "inspecting {} (libguestfs appliance, {})".format(
@@ -150,11 +150,11 @@ def inspect_only(paths: Sequence[str], input_format: Optional[str], events: Emit
 def convert(paths: Sequence[str], opts: ConvertOptions, events: Emitter) -> Result:
     """Convert the guest on the disk images at paths; on any failure nothing is left behind."""
     timer = Timer()
+    with timer.stage("open"):
+        disks = open_disks(paths, opts.input_format)   # bad input fails here, before any probing
     accel = choose_accel(events)
     output_opts = replace(opts.output, domain_type="kvm" if accel.accel == "kvm" else "qemu")
     out = outputs.select(output_opts)
-    with timer.stage("open"):
-        disks = open_disks(paths, opts.input_format)
     with workdir(opts.workdir) as work:
         overlays = make_overlays(disks, work)
         out.check(overlays)
