@@ -196,7 +196,7 @@ def _print_result(r: Result) -> None:
         click.echo("  disk {}  {} ({}) sha256 {}".format(d.target_dev, d.path, d.format, d.sha256[:16]))
     if r.fixes:
         for ln in r.fixes.lines:
-            click.echo("  {:<8} {:<18} {}".format(ln.status, ln.name, ln.message))
+            click.echo("  {:<8} {:<18} {:>4.0f}s  {}".format(ln.status, ln.name, ln.seconds, ln.message))
     if r.timings:
         click.echo("  time     " + ", ".join("{} {:.0f}s".format(k, v) for k, v in r.timings))
     if r.boot is not None:

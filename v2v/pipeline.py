@@ -159,20 +159,22 @@ def convert(paths: Sequence[str], opts: ConvertOptions, events: Emitter) -> Resu
         overlays = make_overlays(disks, work)
         out.check(overlays)
         try:
-            with timer.stage("inspect+fix"):
-                events.stage("inspect", "inspecting the guest (libguestfs appliance, {})".format(
-                    accel.accel.upper()))
-                with Appliance([(o.path, "qcow2") for o in overlays], accel=accel.accel) as app:
+            events.stage("inspect", "inspecting the guest (libguestfs appliance, {})".format(accel.accel.upper()))
+            with Appliance([(o.path, "qcow2") for o in overlays], accel=accel.accel) as app:
+                with timer.stage("launch"):
                     app.launch()
+                with timer.stage("inspect"):
                     guest = inspection.inspect(app, disks)
                     events.info("found {} ({} {}, {}), root {}".format(
                         guest.product_name, guest.distro, guest.arch, guest.firmware.upper(), guest.root))
                     plan = preflight(app, guest, opts.output.name, opts)
-                    for note in plan.notes:
-                        events.warning(note)
-                    events.stage("fix", "converting the guest for KVM")
+                for note in plan.notes:
+                    events.warning(note)
+                events.stage("fix", "converting the guest for KVM")
+                with timer.stage("fix"):
                     report = fix(app, guest, plan, events)
                     app.fstrim_all()
+                    app.close()
             with timer.stage("copy"):
                 needed = sum(out.measure(o) for o in overlays)
                 targets = out.prepare(overlays, needed)

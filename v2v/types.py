@@ -58,6 +58,7 @@ class FixLine:
     name: str
     status: str            # changed | unchanged | warning | skipped
     message: str
+    seconds: float = 0.0   # time the fixup took inside the appliance
 
 
 @dataclass(frozen=True)

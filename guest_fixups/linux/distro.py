@@ -1,4 +1,6 @@
 """What differs between Linux families, behind one base class; one file per family."""
+import time
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Type
 
 from v2v.errors import UnsupportedGuest
@@ -43,13 +45,20 @@ class LinuxDistro:
     # --- the conversion, the same for every family ------------------------------------------
     def convert(self, plan: Plan) -> List[FixLine]:
         from . import bootloader, fstab, hvtools, initramfs, network
+        steps = (
+            lambda: hvtools.remove_hypervisor_tools(self),
+            lambda: fstab.fix_device_names(self),
+            lambda: network.fix_network(self, plan),
+            lambda: bootloader.fix_bootloader_config(self),
+            lambda: initramfs.rebuild(self),     # after package removal: it may have changed modules
+            lambda: bootloader.update(self),     # last: grub.cfg lists the new initramfs
+        )
         lines: List[FixLine] = []
-        lines += hvtools.remove_hypervisor_tools(self)
-        lines += fstab.fix_device_names(self)
-        lines += network.fix_network(self, plan)
-        lines += bootloader.fix_bootloader_config(self)
-        lines += initramfs.rebuild(self)
-        lines += bootloader.update(self)
+        for step in steps:
+            t0 = time.monotonic()
+            out = step()
+            secs = round((time.monotonic() - t0) / max(1, len(out)), 1)
+            lines += [replace(ln, seconds=secs) for ln in out]
         return lines
 
 

@@ -54,6 +54,14 @@ class Output:
                 if os.path.exists(path):
                     raise OutputError("{} already exists; choose another --name or output, or pass "
                                       "--overwrite".format(path))
+        # the source's data is what the copy will need, give or take the fixups: fail now, not after them
+        self._check_space(parent, sum(self.measure(o) for o in overlays))
+
+    def _check_space(self, directory: str, needed: int) -> None:
+        free = shutil.disk_usage(directory).free
+        if needed > free:
+            raise OutputError("not enough free space in {}: the disks need {:.2f} GiB, {:.2f} GiB are free".format(
+                directory, needed / 2**30, free / 2**30))
 
     def final_paths(self, count: int) -> List[str]:
         ext = FORMAT_EXT[self.opts.format]
@@ -64,10 +72,7 @@ class Output:
         """Temporary target paths for each overlay, after checking there is room for `needed` bytes."""
         d = self.disk_dir()
         os.makedirs(d, exist_ok=True)
-        free = shutil.disk_usage(d).free
-        if needed > free:
-            raise OutputError("not enough free space in {}: the disks need {:.2f} GiB, {:.2f} GiB are free".format(
-                d, needed / 2**30, free / 2**30))
+        self._check_space(d, needed)
         targets = []
         for ov, final, dev in zip(overlays, self.final_paths(len(overlays)), disk_targets(len(overlays))):
             tmp = os.path.join(d, ".{}.part".format(os.path.basename(final)))
