@@ -1,7 +1,6 @@
 """The command line: thin. The library returns values and raises V2VError, caught once here."""
 import json
 import logging
-import os
 import sys
 from typing import Any, Dict, Optional, Sequence
 
