@@ -19,7 +19,7 @@ from .doctor import choose_accel
 from .errors import UnsupportedGuest, V2VError
 from .events import Emitter
 from .sources.disk import open_disks
-from .types import FixLine, FixReport, Guest, NetworkPlan, Overlay, Plan, Result, SourceDisk, TargetDisk
+from .types import FixReport, Guest, NetworkPlan, Overlay, Plan, Result, SourceDisk, TargetDisk
 
 DEFAULT_MEMORY_MIB = 2048
 DEFAULT_VCPUS = 2
@@ -141,7 +141,7 @@ def inspect_only(paths: Sequence[str], input_format: Optional[str], events: Emit
             plan = None
             refusal = ""
             try:
-                plan = preflight(app, guest, _default_name(paths))
+                plan = preflight(app, guest, default_name(paths))
             except UnsupportedGuest as e:
                 refusal = str(e)
     return {"guest": guest, "plan": plan, "refusal": refusal}
@@ -193,17 +193,10 @@ def convert(paths: Sequence[str], opts: ConvertOptions, events: Emitter) -> Resu
     return result
 
 
-def _default_name(paths: Sequence[str]) -> str:
+def default_name(paths: Sequence[str]) -> str:
+    """The guest's name when --name is not given: the first disk's file name without extensions."""
     base = os.path.basename(paths[0]) if paths else "guest"
     return base.split(".", 1)[0] or "guest"
-
-
-def default_name(paths: Sequence[str]) -> str:
-    return _default_name(paths)
-
-
-def fix_lines_json(lines: Sequence[FixLine]) -> List[Dict[str, str]]:
-    return [{"name": ln.name, "status": ln.status, "message": ln.message} for ln in lines]
 
 
 __all__ = ["ConvertOptions", "convert", "inspect_only", "V2VError"]

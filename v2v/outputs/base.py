@@ -2,7 +2,7 @@
 import os
 import shutil
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from diskfmt import image
 
@@ -130,5 +130,3 @@ def write_atomically(path: str, text: str) -> None:
         f.write(text)
     os.replace(tmp, path)
 
-
-Pair = Tuple[str, str]

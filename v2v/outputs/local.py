@@ -1,6 +1,6 @@
 """Output: disk files and a libvirt domain XML file in a directory (--to local --out DIR)."""
 import os
-from typing import List, Sequence
+from typing import Sequence
 
 from ..domain import to_xml
 from ..errors import OutputError
@@ -18,9 +18,6 @@ class LocalOutput(Output):
 
     def xml_path(self) -> str:
         return os.path.join(self.disk_dir(), self.opts.name + ".xml")
-
-    def final_paths(self, count: int) -> List[str]:
-        return super().final_paths(count)
 
     def check(self, overlays: Sequence[Overlay]) -> None:
         super().check(overlays)
