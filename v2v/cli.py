@@ -89,7 +89,8 @@ def inspect(disks: Sequence[str], input_format: Optional[str], json_mode: bool) 
         return
     guest, plan = report["guest"], report["plan"]
     payload: Dict[str, Any] = {"guest": to_json(guest), "plan": to_json(plan) if plan else None,
-                               "convertible": plan is not None, "refusal": report["refusal"]}
+                               "convertible": plan is not None, "refusal": report["refusal"],
+                               "changes": to_json(report["would"])}
     if json_mode:
         events.result(payload)
         return
@@ -106,6 +107,8 @@ def inspect(disks: Sequence[str], input_format: Optional[str], json_mode: bool) 
             plan.network.guest_name or "(by the guest's default policy)"))
         for n in plan.notes:
             click.echo("  note         " + n)
+        for ln in report["would"]:
+            click.echo("  {:<12} {:<18} {}".format(ln.status, ln.name, ln.message))
     else:
         click.echo("  cannot convert: " + report["refusal"])
         sys.exit(1)

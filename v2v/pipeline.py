@@ -19,7 +19,7 @@ from .doctor import choose_accel
 from .errors import UnsupportedGuest, V2VError
 from .events import Emitter
 from .sources.disk import open_disks
-from .types import FixReport, Guest, NetworkPlan, Overlay, Plan, Result, SourceDisk, TargetDisk
+from .types import FixLine, FixReport, Guest, NetworkPlan, Overlay, Plan, Result, SourceDisk, TargetDisk
 
 DEFAULT_MEMORY_MIB = 2048
 DEFAULT_VCPUS = 2
@@ -140,11 +140,13 @@ def inspect_only(paths: Sequence[str], input_format: Optional[str], events: Emit
             guest = inspection.inspect(app, disks)
             plan = None
             refusal = ""
+            would: Tuple[FixLine, ...] = ()
             try:
                 plan = preflight(app, guest, default_name(paths))
+                would = tuple(linux_distro.for_guest(app, guest, dry_run=True).convert(plan))
             except UnsupportedGuest as e:
                 refusal = str(e)
-    return {"guest": guest, "plan": plan, "refusal": refusal}
+    return {"guest": guest, "plan": plan, "refusal": refusal, "would": would}
 
 
 def convert(paths: Sequence[str], opts: ConvertOptions, events: Emitter) -> Result:

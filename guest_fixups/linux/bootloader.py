@@ -24,16 +24,19 @@ def fix_bootloader_config(d: LinuxDistro) -> List[FixLine]:
         new, n = _DISABLE_UUID.subn(r"# \1    # disabled by v2v: device names change on KVM", new)
         if n:
             changes.append("{}: GRUB_DISABLE_LINUX_UUID=true commented out".format(path))
-        if new != text:
+        if new != text and not d.dry_run:
             d.app.write_text(path, new)
     for path in DEVICE_MAPS:
         if d.app.is_file(path):
-            d.app.g.mv(path, path + ".v2v-old")
+            if not d.dry_run:
+                d.app.g.mv(path, path + ".v2v-old")
             changes.append("{} moved aside (it names the old disks)".format(path))
     if not changes:
         return [FixLine("bootloader-config", "unchanged", "kernel command line names no bus-dependent device")]
-    return [FixLine("bootloader-config", "changed", "; ".join(changes))]
+    return [FixLine("bootloader-config", d.changed, "; ".join(changes))]
 
 
 def update(d: LinuxDistro) -> List[FixLine]:
-    return [FixLine("bootloader", "changed", d.update_bootloader())]
+    if d.dry_run:
+        return [FixLine("bootloader", d.changed, "would regenerate the bootloader configuration")]
+    return [FixLine("bootloader", d.changed, d.update_bootloader())]

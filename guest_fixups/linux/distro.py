@@ -15,9 +15,15 @@ class LinuxDistro:
     family = "linux"
     distros: Sequence[str] = ()
 
-    def __init__(self, app: Appliance, guest: Guest) -> None:
+    def __init__(self, app: Appliance, guest: Guest, dry_run: bool = False) -> None:
         self.app = app
         self.guest = guest
+        self.dry_run = dry_run      # report what would change; write nothing (v2v inspect)
+
+    @property
+    def changed(self) -> str:
+        """The status of a line that changes the guest: 'would' in a dry run."""
+        return "would" if self.dry_run else "changed"
 
     # --- what each family provides ---------------------------------------------------------
     def installed_packages(self) -> List[str]:
@@ -70,12 +76,12 @@ def register(cls: Type[LinuxDistro]) -> Type[LinuxDistro]:
     return cls
 
 
-def for_guest(app: Appliance, guest: Guest) -> LinuxDistro:
+def for_guest(app: Appliance, guest: Guest, dry_run: bool = False) -> LinuxDistro:
     """The family class for the guest, or UnsupportedGuest naming what is supported."""
     from . import debian  # noqa: F401 - registers itself; one import line per family
     for cls in _FAMILIES:
         if guest.distro in cls.distros:
-            return cls(app, guest)
+            return cls(app, guest, dry_run)
     supported = sorted(d for cls in _FAMILIES for d in cls.distros)
     raise UnsupportedGuest("{} ({}) is not supported yet; supported Linux distributions: {}".format(
         guest.product_name, guest.distro, ", ".join(supported)))

@@ -43,8 +43,9 @@ def fix_device_names(d: LinuxDistro) -> List[FixLine]:
         new, changes, unresolved = rewrite_table(text, field, resolve)
         name = path.rsplit("/", 1)[-1]
         if changes:
-            d.app.write_text(path, new)
-            lines.append(FixLine(name, "changed", "{}: {}".format(path, ", ".join(changes))))
+            if not d.dry_run:
+                d.app.write_text(path, new)
+            lines.append(FixLine(name, d.changed, "{}: {}".format(path, ", ".join(changes))))
         if unresolved:
             lines.append(FixLine(name, "warning", "{}: no UUID for {}; those entries still name a "
                                  "device that will not exist on KVM".format(path, ", ".join(unresolved))))
@@ -55,6 +56,7 @@ def fix_device_names(d: LinuxDistro) -> List[FixLine]:
             text = d.app.read_text(path)
             new, changes = rewrite_words(text, resolve)
             if changes:
-                d.app.write_text(path, new)
-                lines.append(FixLine("resume", "changed", "{}: {}".format(path, ", ".join(changes))))
+                if not d.dry_run:
+                    d.app.write_text(path, new)
+                lines.append(FixLine("resume", d.changed, "{}: {}".format(path, ", ".join(changes))))
     return lines

@@ -18,8 +18,10 @@ def remove_hypervisor_tools(d: LinuxDistro) -> List[FixLine]:
     found = [p for p in HYPERVISOR_TOOLS if p in set(d.installed_packages())]
     if not found:
         return [FixLine("hypervisor-tools", "unchanged", "no VMware, Hyper-V, Xen or VirtualBox tools installed")]
+    if d.dry_run:
+        return [FixLine("hypervisor-tools", d.changed, "would remove " + ", ".join(found))]
     try:
         d.remove_packages(found)
     except FixupError as e:
         return [FixLine("hypervisor-tools", "warning", "not removed: {}".format(e))]
-    return [FixLine("hypervisor-tools", "changed", "removed " + ", ".join(found))]
+    return [FixLine("hypervisor-tools", d.changed, "removed " + ", ".join(found))]

@@ -40,6 +40,12 @@ def rebuild(d: LinuxDistro) -> List[FixLine]:
         if missing:
             raise FixupError("kernel {} has no {} module; it cannot boot on KVM virtio (install a newer "
                              "kernel in the guest first)".format(kernel, ", ".join(missing)))
+        if d.dry_run:
+            now = set(d.initramfs_modules(kernel)) if d.app.exists(d.initramfs_path(kernel)) else set()
+            lacks = [m for m in want if m not in now]
+            lines.append(FixLine("initramfs", d.changed, "kernel {}: would rebuild the initramfs{}".format(
+                kernel, "; it lacks " + ", ".join(lacks) if lacks else "")))
+            continue
         d.rebuild_initramfs(kernel, want, OLD_HYPERVISOR_MODULES)
         inside = set(d.initramfs_modules(kernel))
         absent = [m for m in want if m not in inside]
@@ -50,5 +56,5 @@ def rebuild(d: LinuxDistro) -> List[FixLine]:
         if builtin & set(VIRTIO_MODULES):
             msg += " ({} built in)".format(", ".join(sorted(builtin & set(VIRTIO_MODULES))))
         msg += "; old-hypervisor drivers excluded" if not left else "; still holds " + ", ".join(left)
-        lines.append(FixLine("initramfs", "changed" if not left else "warning", msg))
+        lines.append(FixLine("initramfs", d.changed if not left else "warning", msg))
     return lines

@@ -78,8 +78,9 @@ def fix_network(d: LinuxDistro, plan: Plan) -> List[FixLine]:
     app = d.app
     lines: List[FixLine] = []
     for path in _mac_pins(app):
-        app.g.mv(path, path + ".v2v-disabled")
-        lines.append(FixLine("network-mac-pins", "changed",
+        if not d.dry_run:
+            app.g.mv(path, path + ".v2v-disabled")
+        lines.append(FixLine("network-mac-pins", d.changed,
                              "{} pinned old MAC addresses; moved aside to {}.v2v-disabled".format(path, path)))
     names, where = configured_interfaces(app)
     if not names:
@@ -89,11 +90,15 @@ def fix_network(d: LinuxDistro, plan: Plan) -> List[FixLine]:
     name = names[0]
     mac = plan.network.mac
     link = "{}/10-v2v-{}.link".format(LINK_DIR, name)
+    if d.dry_run:
+        lines.append(FixLine("network", d.changed, "the virtio NIC would be named {} as {} expects".format(
+            name, where[0])))
+        return lines
     if not app.g.is_dir(LINK_DIR):
         app.g.mkdir_p(LINK_DIR)
     app.write_text(link, "# Added by v2v: the KVM NIC keeps the name the network configuration uses.\n"
                          "[Match]\nMACAddress={}\n\n[Link]\nName={}\n".format(mac, name))
-    lines.append(FixLine("network", "changed", "the virtio NIC ({}) will be named {} as {} expects ({})".format(
+    lines.append(FixLine("network", d.changed, "the virtio NIC ({}) will be named {} as {} expects ({})".format(
         mac, name, where[0], link)))
     if len(names) > 1:
         lines.append(FixLine("network", "warning", "the guest configures {} interfaces ({}); the converted "

@@ -81,9 +81,11 @@ def test_full_target_directory_is_refused_before_conversion(tmp_path, foreign_gu
         subprocess.run(["umount", str(out)], check=True)
 
 
-def test_inspect_reports_guest_and_plan_as_json(foreign_guest):
+def test_inspect_reports_guest_plan_and_what_would_change_as_json(foreign_guest):
     import json
+    before = sha256(foreign_guest)
     cp = v2v_cmd("inspect", foreign_guest, "--json")
+    assert sha256(foreign_guest) == before
     assert cp.returncode == 0, cp.stderr
     report = json.loads(cp.stdout.strip().splitlines()[-1])
     assert report["event"] == "result" and report["convertible"] is True
@@ -92,6 +94,13 @@ def test_inspect_reports_guest_and_plan_as_json(foreign_guest):
     assert ["/", "/dev/sda1"] in g["mountpoints"]
     assert "open-vm-tools" in g["applications"]
     assert report["plan"]["network"]["guest_name"] == "ens192"
+    changes = {c["name"]: c for c in report["changes"]}
+    assert changes["hypervisor-tools"] == dict(changes["hypervisor-tools"], status="would",
+                                               message="would remove open-vm-tools")
+    assert changes["fstab"]["status"] == "would" and "/dev/sda1 -> UUID=" in changes["fstab"]["message"]
+    assert changes["initramfs"]["status"] == "would" and "lacks" in changes["initramfs"]["message"]
+    assert "virtio_blk" in changes["initramfs"]["message"]
+    assert changes["network"]["status"] == "would" and "ens192" in changes["network"]["message"]
 
 
 def test_doctor_reports_each_check_and_the_kvm_verdict():
