@@ -33,6 +33,7 @@ FAILURE_PATTERNS = (
     r"Entering emergency mode",
     r"No bootable device",
     r"Boot failed: not a bootable disk",
+    r"\(initramfs\) ?$",
 )
 
 UNIT = "v2v-bootproof.service"
@@ -68,6 +69,7 @@ class BootOutcome:
     matched: str               # the marker line, or the failure pattern seen, or "" on timeout
     console_tail: Tuple[str, ...]
     reason: str
+    console: str = ""          # the whole console log, control sequences removed
 
 
 def boot_and_watch(disks: Sequence[Tuple[str, str]], *, accel: str, success: str,
@@ -99,7 +101,7 @@ def boot_and_watch(disks: Sequence[Tuple[str, str]], *, accel: str, success: str
         dev = {"virtio": "virtio-blk-pci,drive=d{}", "ide": "ide-hd,drive=d{}",
                "sata": "ide-hd,drive=d{},bus=ahci0.{}", "scsi": "scsi-hd,drive=d{},bus=scsi0.0"}[bus]
         argv += ["-device", dev.format(i, i) + (",bootindex=1" if i == 0 else "")]
-    fails = [re.compile(p) for p in failure_patterns]
+    fails = [re.compile(p, re.M) for p in failure_patterns]
     ok_re = re.compile(re.escape(success) + r".*")
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -108,7 +110,7 @@ def boot_and_watch(disks: Sequence[Tuple[str, str]], *, accel: str, success: str
     try:
         while True:
             time.sleep(1.0)
-            text = _read(log)
+            text = _clean(_read(log))
             m = ok_re.search(text)
             if m:
                 ok, matched = True, m.group(0).strip()
@@ -130,9 +132,10 @@ def boot_and_watch(disks: Sequence[Tuple[str, str]], *, accel: str, success: str
     finally:
         _kill(proc)
         secs = time.monotonic() - t0
-        tail = tuple(_clean(ln) for ln in _read(log).splitlines()[-25:])
+        console = _clean(_read(log))
         shutil.rmtree(work, ignore_errors=True)
-    return BootOutcome(ok=ok, seconds=secs, matched=matched, console_tail=tail, reason=reason)
+    return BootOutcome(ok=ok, seconds=secs, matched=matched, console_tail=tuple(console.splitlines()[-25:]),
+                       reason=reason, console=console)
 
 
 def _read(path: str) -> str:
@@ -143,8 +146,11 @@ def _read(path: str) -> str:
         return ""
 
 
-def _clean(line: str) -> str:
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f]", "", line).rstrip()
+def _clean(text: str) -> str:
+    """Console text without terminal control sequences, one line per line."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>cDEHMNOZ78]", "", text)
+    text = re.sub(r"\r+\n", "\n", text).replace("\r", "\n")
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "", text)
 
 
 def _kill(proc: "subprocess.Popen[bytes]") -> None:
