@@ -13,7 +13,8 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Optional, TextIO
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, TextIO
 
 try:
     from tqdm import tqdm
@@ -89,6 +90,37 @@ class Emitter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    @contextmanager
+    def busy(self, stage: str, message: str) -> Iterator[None]:
+        """A stage with no measurable progress: a spinner with elapsed seconds on a terminal."""
+        self.stage(stage, message)
+        if not self.tty or self.quiet:
+            yield
+            return
+        stop = threading.Event()
+        t0 = time.monotonic()
+
+        def spin() -> None:
+            frames = "|/-\\"
+            i = 0
+            while not stop.wait(0.25):
+                with self._lock:
+                    if self._bar is None:
+                        self.out.write("\r  {} {} ({:.0f}s)\x1b[K".format(frames[i % 4], stage, time.monotonic() - t0))
+                        self.out.flush()
+                i += 1
+
+        th = threading.Thread(target=spin, daemon=True)
+        th.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            th.join()
+            with self._lock:
+                self.out.write("\r\x1b[K")
+                self.out.flush()
 
     def result(self, payload: dict) -> None:
         if self.json_mode:

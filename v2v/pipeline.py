@@ -161,19 +161,18 @@ def convert(paths: Sequence[str], opts: ConvertOptions, events: Emitter) -> Resu
         overlays = make_overlays(disks, work)
         out.check(overlays)
         try:
-            events.stage("inspect", "inspecting the guest (libguestfs appliance, {})".format(accel.accel.upper()))
             with Appliance([(o.path, "qcow2") for o in overlays], accel=accel.accel) as app:
-                with timer.stage("launch"):
+                with timer.stage("launch"), events.busy("inspect", "starting the libguestfs appliance ({})".format(
+                        accel.accel.upper())):
                     app.launch()
-                with timer.stage("inspect"):
+                with timer.stage("inspect"), events.busy("inspect", "inspecting the guest"):
                     guest = inspection.inspect(app, disks)
                     events.info("found {} ({} {}, {}), root {}".format(
                         guest.product_name, guest.distro, guest.arch, guest.firmware.upper(), guest.root))
                     plan = preflight(app, guest, opts.output.name, opts)
                 for note in plan.notes:
                     events.warning(note)
-                events.stage("fix", "converting the guest for KVM")
-                with timer.stage("fix"):
+                with timer.stage("fix"), events.busy("fix", "converting the guest for KVM"):
                     report = fix(app, guest, plan, events)
                     app.fstrim_all()
                     app.close()

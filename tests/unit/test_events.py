@@ -1,0 +1,46 @@
+import io
+import json
+
+from v2v.events import Emitter
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_json_events_are_one_object_per_line_with_stable_fields():
+    out = io.StringIO()
+    ev = Emitter(json_mode=True, stream=out)
+    with ev.busy("fix", "converting"):
+        ev.progress("copy", 5, 10)
+    ev.warning("careful")
+    ev.result({"name": "web1"})
+    lines = [json.loads(ln) for ln in out.getvalue().splitlines()]
+    assert lines == [
+        {"event": "stage", "stage": "fix", "message": "converting"},
+        {"event": "progress", "stage": "copy", "done": 5, "total": 10, "unit": "bytes"},
+        {"event": "warning", "message": "careful"},
+        {"event": "result", "name": "web1"},
+    ]
+    assert ev.warnings == ["careful"]
+
+
+def test_busy_stage_shows_a_spinner_on_a_terminal_and_clears_it():
+    import time
+    out = _Tty()
+    ev = Emitter(stream=out)
+    with ev.busy("fix", "converting the guest"):
+        time.sleep(0.6)
+    text = out.getvalue()
+    assert "converting the guest" in text
+    assert "\r  | fix (0s)" in text or "\r  / fix (0s)" in text
+    assert text.endswith("\r\x1b[K")
+
+
+def test_plain_stream_gets_no_control_sequences():
+    out = io.StringIO()
+    ev = Emitter(stream=out)
+    with ev.busy("fix", "converting the guest"):
+        ev.progress("copy", 1, 2)
+    assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
