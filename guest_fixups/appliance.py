@@ -80,6 +80,15 @@ class Appliance:
     def read_text(self, path: str) -> str:
         return self.g.read_file(path).decode("utf-8", "surrogateescape")
 
+    def download_bytes(self, path: str) -> bytes:
+        """A guest file's whole content (through a temporary file: the protocol caps read_file)."""
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="v2v-dl-") as d:
+            local = os.path.join(d, "file")
+            self.g.download(path, local)
+            with open(local, "rb") as f:
+                return f.read()
+
     def write_text(self, path: str, text: str) -> None:
         """Write a guest file, keeping the mode and owner of the file it replaces."""
         mode = owner = None

@@ -12,7 +12,7 @@ APT_PACKAGES=(
   python3-hivex libhivex-bin python3-parted python3-pyudev
   osinfo-db libosinfo-bin python3-click python3-lxml python3-tqdm python3-venv python3-pip
   # test guests and filesystems
-  debootstrap e2fsprogs xfsprogs dosfstools mtools ntfs-3g lvm2 parted gdisk fdisk wimtools zstd
+  debootstrap e2fsprogs xfsprogs dosfstools mtools ntfs-3g lvm2 parted gdisk fdisk wimtools zstd lz4 cpio
   # tests and benchmarks
   python3-pytest openssh-server openssh-client virt-v2v
 )

@@ -1,5 +1,4 @@
 """Debian and Ubuntu: dpkg/apt, initramfs-tools, grub-pc/grub-efi."""
-import re
 from typing import List, Sequence
 
 from v2v.errors import FixupError
@@ -57,15 +56,6 @@ class Debian(LinuxDistro):
             out.append("# added by v2v: drivers for the KVM disk and network")
             out += missing
         self.app.write_text(MODULES_FILE, "\n".join(out) + "\n")
-
-    def initramfs_modules(self, kernel: str) -> List[str]:
-        listing = self.app.command(["lsinitramfs", self.initramfs_path(kernel)], "lsinitramfs")
-        names = []
-        for path in listing.splitlines():
-            m = re.search(r"/([^/]+)\.ko(?:\.[a-z0-9]+)?$", path)
-            if m:
-                names.append(m.group(1).replace("-", "_"))
-        return sorted(set(names))
 
     def bootloader_config_files(self) -> List[str]:
         return ["/etc/default/grub"] + [

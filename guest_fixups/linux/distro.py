@@ -39,8 +39,9 @@ class LinuxDistro:
         raise NotImplementedError
 
     def initramfs_modules(self, kernel: str) -> List[str]:
-        """Module names (no extension) inside the kernel's initramfs."""
-        raise NotImplementedError
+        """Module names inside the kernel's initramfs, read on the host (no emulated lsinitramfs)."""
+        from .initrd import list_files, module_names
+        return module_names(list_files(self.app.download_bytes(self.initramfs_path(kernel))))
 
     def bootloader_config_files(self) -> List[str]:
         raise NotImplementedError
