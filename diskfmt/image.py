@@ -70,18 +70,23 @@ def convert(src: str, src_fmt: str, dst: str, dst_fmt: str,
     assert proc.stdout is not None
     buf = b""
     pat = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
-    while True:
-        chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(64)
-        if not chunk:
-            break
-        buf = (buf + chunk)[-256:]
-        m = None
-        for m in pat.finditer(buf):
-            pass
-        if m is not None and progress is not None:
-            progress(float(m.group(1)))
-    err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
-    rc = proc.wait()
+    try:
+        while True:
+            chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(64)
+            if not chunk:
+                break
+            buf = (buf + chunk)[-256:]
+            m = None
+            for m in pat.finditer(buf):
+                pass
+            if m is not None and progress is not None:
+                progress(float(m.group(1)))
+        err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()          # interrupted: the target is about to be removed, stop writing it
+        proc.wait()
+        raise
     if rc != 0:
         if "No space left" in err:
             raise OutputError("no space left on the device holding {} ({})".format(

@@ -1,6 +1,7 @@
 """The command line: thin. The library returns values and raises V2VError, caught once here."""
 import json
 import logging
+import signal
 import sys
 from typing import Any, Dict, Optional, Sequence
 
@@ -25,6 +26,12 @@ def _fail(events: Emitter, e: V2VError) -> None:
     sys.exit(1)
 
 
+def _on_signal(signum: int, _frame: object) -> None:
+    from .errors import Interrupted
+    signal.signal(signum, signal.SIG_DFL)     # a second signal stops us at once
+    raise Interrupted("interrupted by {}; nothing was left behind".format(signal.Signals(signum).name))
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="v2v")
 @click.option("-v", "--verbose", is_flag=True, help="Log every external command.")
@@ -38,6 +45,9 @@ def main(verbose: bool) -> None:
       v2v convert disk web1.vmdk --to libvirt --name web1 --verify-boot
       v2v convert disk a.qcow2 b.qcow2 --to local --out ./web1 --format raw
     """
+    # SIGTERM (kill, timeouts, systemd) unwinds like Ctrl-C, so temporary files and overlays are removed
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
 
 

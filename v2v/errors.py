@@ -37,6 +37,10 @@ class IntegrityError(V2VError):
     """Data read back does not match what was written or promised."""
 
 
+class Interrupted(V2VError):
+    """The user or the system stopped us (SIGINT, SIGTERM); everything written so far was removed."""
+
+
 class CommandError(V2VError):
     """An external tool failed: carries argv, exit code and the tail of its stderr."""
 

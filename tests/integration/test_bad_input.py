@@ -112,3 +112,25 @@ def test_doctor_reports_each_check_and_the_kvm_verdict():
     kvm = [c for c in report["checks"] if c["name"] == "kvm"][0]
     assert kvm["detail"]   # a reason either way; on this CI host KVM hangs or aborts, elsewhere it works
     assert cp.returncode == (0 if report["ok"] else 1)
+
+
+def test_sigterm_during_conversion_leaves_nothing_behind(tmp_path, foreign_guest):
+    import signal
+    import sys
+    import time
+    out, work = tmp_path / "out", tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "v2v", "convert", "disk", foreign_guest, "--to", "local",
+                             "--out", str(out), "--workdir", str(work), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(work.iterdir()):
+        time.sleep(0.2)       # wait until the overlays exist: the conversion is under way
+    assert any(work.iterdir()), "the conversion never started"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert "v2v: error: interrupted by SIGTERM" in stderr
+    assert list(work.iterdir()) == []                       # overlays removed
+    assert not out.exists() or list(out.iterdir()) == []    # nothing half-written
