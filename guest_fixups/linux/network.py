@@ -80,8 +80,8 @@ def fix_network(d: LinuxDistro, plan: Plan) -> List[FixLine]:
     for path in _mac_pins(app):
         if not d.dry_run:
             app.g.mv(path, path + ".v2v-disabled")
-        lines.append(FixLine("network-mac-pins", d.changed,
-                             "{} pinned old MAC addresses; moved aside to {}.v2v-disabled".format(path, path)))
+        lines.append(FixLine("network-mac-pins", d.changed, "{} pinned old MAC addresses; {} aside to "
+                             "{}.v2v-disabled".format(path, "would move" if d.dry_run else "moved", path)))
     names, where = configured_interfaces(app)
     if not names:
         lines.append(FixLine("network", "unchanged", "no interface named in the network configuration "
