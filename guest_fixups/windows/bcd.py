@@ -40,6 +40,10 @@ WELL_KNOWN = {
     "{6efb52bf-1766-41db-a6b3-0ee5eff72bd7}": "bootloadersettings",
     "{1afa9c49-16ab-4a5c-901b-212802da9460}": "resumeloadersettings",
     "{ae5534e0-a924-466c-b836-758539a3ee3a}": "ramdiskoptions",
+    "{4636856e-540f-4170-a130-a84776f4c654}": "dbgsettings",
+    "{0ce4991b-e6b3-4b16-b23c-5e0d9250e5d9}": "emssettings",
+    "{5189b25c-5558-4bf2-bca4-289b11bd29e2}": "badmemory",
+    "{7ff607e0-4395-11db-b0de-0800200c9a66}": "hypervisorsettings",
     "{7619dcc8-fafe-11d9-b411-000476eba25f}": "Ramdisk Options",
 }
 

@@ -45,6 +45,7 @@ LOCAL_VIRTUAL_DISK = 6
 STYLE_GPT = 0
 STYLE_MBR = 1
 
+VHD_FILE_AT = 0x38                         # header, partition id, local type, style, disk id
 RAMDISK_HEADER = struct.Struct("<IQQI")    # local type 3, image base, image size, image offset
 FILE_PATH_HEADER = struct.Struct("<III")   # 1, length of this header + parent device + path, 5
 MAX_DEPTH = 4                               # a ramdisk in a file on a VHD is as deep as Windows goes
@@ -256,10 +257,8 @@ def _descriptor(data: bytes, at: int, depth: int) -> Tuple[str, List[PartitionLo
                                  "{:#x}".format(at, size, BLOCK_SIZE))
         local, = struct.unpack_from("<I", data, at + 0x20)
         if local == LOCAL_VIRTUAL_DISK:
-            # a partition inside a VHD: the VHD file's own device follows the partition body
-            if size == BLOCK_SIZE:
-                return "vhd", [], None, end
-            _kind, locs, path, _ = _descriptor(data[:end], at + BLOCK_SIZE, depth + 1)
+            # a partition inside a VHD: the disk GUID/signature is followed by the VHD file's own device
+            _kind, locs, path, _ = _descriptor(data[:end], at + VHD_FILE_AT, depth + 1)
             return "vhd", locs, path, end
         loc = decode_block(data, at)
         if loc is None:
