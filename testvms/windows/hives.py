@@ -45,8 +45,10 @@ class WindowsRelease:
 
 
 RELEASES: Dict[str, WindowsRelease] = {r.name: r for r in (
-    WindowsRelease("2008r2", 6, 1, 7601, "Windows Server 2008 R2 Standard", "Server", "ServerStandard", "6.1"),
-    WindowsRelease("2012r2", 6, 3, 9600, "Windows Server 2012 R2 Standard", "Server", "ServerStandard", "6.3"),
+    WindowsRelease("2008r2", 6, 1, 7601, "Windows Server 2008 R2 Standard", "Server", "ServerStandard",
+                   "6.1"),
+    WindowsRelease("2012r2", 6, 3, 9600, "Windows Server 2012 R2 Standard", "Server", "ServerStandard",
+                   "6.3"),
     WindowsRelease("2019", 10, 0, 17763, "Windows Server 2019 Standard", "Server", "ServerStandard", "6.3"),
     WindowsRelease("2022", 10, 0, 20348, "Windows Server 2022 Standard", "Server", "ServerStandard", "6.3"),
     # Windows 11 still says "Windows 10 Pro" in ProductName; only the build number tells them apart
