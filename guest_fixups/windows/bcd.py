@@ -12,9 +12,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 from diskfmt import gpt as gptfmt
 from diskfmt import mbr as mbrfmt
 from diskfmt.errors import FormatError
-from guest_fixups.windows.bcd_device import (Device, PartitionLocation, BcdDeviceError, canonical, gpt_location,
-                                             find_partition_blocks, encode_block, mbr_location, parse_device,
-                                             same_partition, BLOCK_SIZE)
+from guest_fixups.windows.bcd_device import (BLOCK_SIZE, BcdDeviceError, Device, PartitionLocation, canonical,
+                                             encode_block, find_partition_blocks, gpt_location, mbr_location,
+                                             parse_device, same_partition)
 from guest_fixups.windows.registry import REG_BINARY, REG_MULTI_SZ, REG_SZ, Hive, decode
 from v2v.errors import FixupError
 
@@ -124,7 +124,8 @@ def _object(hive: Hive, guid: str) -> BcdObject:
             devices[element] = parse_device(data)
         except BcdDeviceError:
             # still list it: what cannot be decoded may hold blocks that rewrite_bcd finds by scanning
-            devices[element] = Device("invalid", tuple(loc for _, loc in find_partition_blocks(data)), None, None)
+            found = tuple(loc for _, loc in find_partition_blocks(data))
+            devices[element] = Device("invalid", found, None, None)
     return BcdObject(guid, otype if isinstance(otype, int) else 0, text if isinstance(text, str) else None,
                      devices)
 

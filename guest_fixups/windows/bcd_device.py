@@ -262,8 +262,9 @@ def _descriptor(data: bytes, at: int, depth: int) -> Tuple[str, List[PartitionLo
             return "vhd", locs, path, end
         loc = decode_block(data, at)
         if loc is None:
-            raise BcdDeviceError("BCD partition device at offset {:#x} has an unknown disk layout (local type "
-                                 "{}, style {})".format(at, local, struct.unpack_from("<I", data, at + 0x24)[0]))
+            style, = struct.unpack_from("<I", data, at + 0x24)
+            raise BcdDeviceError("BCD partition device at offset {:#x} has an unknown disk layout "
+                                 "(local type {}, style {})".format(at, local, style))
         return "partition", [loc], None, end
     if dtype == DEVICE_DISK:
         if at + HEADER.size + 4 > end:

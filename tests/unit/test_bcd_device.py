@@ -7,9 +7,9 @@ import uuid
 import pytest
 
 from guest_fixups.windows.bcd_device import (BLOCK_SIZE, BcdDeviceError, decode_block, encode_block,
-                                             encode_boot_device, encode_partition_device, encode_ramdisk_device,
-                                             find_partition_blocks, gpt_location, mbr_location, parse_device,
-                                             replace_partition, same_partition)
+                                             encode_boot_device, encode_partition_device,
+                                             encode_ramdisk_device, find_partition_blocks, gpt_location,
+                                             mbr_location, parse_device, replace_partition, same_partition)
 
 # `device partition=C:` of a Windows 8.1 loader on an MBR disk, as shown on mistyprojects.co.uk
 # (BCDEdit notes, "Devices Partition - Data"): signature b3eba8f1, partition at byte 0x15f00000.

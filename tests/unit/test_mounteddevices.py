@@ -11,7 +11,8 @@ from guest_fixups.windows.mounteddevices import (decode_mounted_device, encode_m
 DISK_GUID = "5B4C4E2A-9C1D-4F3E-8A7B-6C5D4E3F2A1B"
 WIN_GUID = "C0FFEE00-1234-4ABC-9DEF-0123456789AB"
 NEW_WIN_GUID = "D0FFEE00-1234-4ABC-9DEF-0123456789AB"
-USB_PATH = "_??_USBSTOR#Disk&Ven_Kingston&Prod_DataTraveler&Rev_PMAP#0701#{53f56307-b6bf-11d0-94f2-00a0c91efb8b}"
+USB_PATH = ("_??_USBSTOR#Disk&Ven_Kingston&Prod_DataTraveler&Rev_PMAP#0701"
+            "#{53f56307-b6bf-11d0-94f2-00a0c91efb8b}")
 
 
 class FakeSystemHive:

@@ -220,7 +220,8 @@ def build_bcd(path: Union[str, "os.PathLike[str]"], system: PartitionLocation, w
         raise ValueError("firmware must be 'bios' or 'uefi', got {!r}".format(firmware))
     path = os.fspath(path)
     with open(path, "wb") as f:
-        f.write(empty_hive("NewStoreRoot", "\\Boot\\BCD" if firmware == "bios" else "\\EFI\\Microsoft\\Boot\\BCD"))
+        store = "\\Boot\\BCD" if firmware == "bios" else "\\EFI\\Microsoft\\Boot\\BCD"
+        f.write(empty_hive("NewStoreRoot", store))
     hive = Hive(path, write=True)
     hive.set_sz("Description", "KeyName", "BCD00000000")
     hive.set_dword("Description", "System", 1)
@@ -232,7 +233,8 @@ def build_bcd(path: Union[str, "os.PathLike[str]"], system: PartitionLocation, w
         otype, elements = objects[guid]
         _add_object(hive, guid, otype, elements)
     hive.commit()
-    return BcdLayout(firmware, system, windows, recovery, OS_LOADER, winre_options, {g: t for g, (t, _) in objects.items()})
+    return BcdLayout(firmware, system, windows, recovery, OS_LOADER, winre_options,
+                     {g: t for g, (t, _) in objects.items()})
 
 
 def device_elements(layout: BcdLayout) -> Dict[str, Sequence[str]]:
