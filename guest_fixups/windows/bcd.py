@@ -214,13 +214,7 @@ def partition_locations(disk: Union[bytes, bytearray, ReadFn], disk_size: Option
 
     Raises FixupError with the parser's one-line reason when the partition table is unreadable.
     """
-    if isinstance(disk, (bytes, bytearray)):
-        image = bytes(disk)
-
-        def read(offset: int, length: int) -> bytes:
-            return image[offset:offset + length]
-    else:
-        read = disk
+    read = _bytes_reader(bytes(disk)) if isinstance(disk, (bytes, bytearray)) else disk
     try:
         table = mbrfmt.read_mbr(read, disk_size, sector_size)
         if table.protective:
@@ -230,6 +224,12 @@ def partition_locations(disk: Union[bytes, bytearray, ReadFn], disk_size: Option
                 for p in table.partitions if not mbrfmt.is_extended_type(p.type_id)}
     except FormatError as e:
         raise FixupError("cannot locate the Windows partitions: {}".format(e)) from None
+
+
+def _bytes_reader(image: bytes) -> ReadFn:
+    def read(offset: int, length: int) -> bytes:
+        return image[offset:offset + length]
+    return read
 
 
 def mapping_by_number(old: Mapping[int, PartitionLocation],

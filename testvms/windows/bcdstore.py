@@ -99,7 +99,7 @@ def _add_object(hive: Hive, guid: str, otype: int, elements: Dict[int, ElementVa
 
 
 def _objects(system: PartitionLocation, windows: PartitionLocation, recovery: PartitionLocation, uefi: bool,
-             winre_options: str) -> Dict[str, Tuple[int, Dict[int, ElementValue]]]:
+             winre_options: str, description: str) -> Dict[str, Tuple[int, Dict[int, ElementValue]]]:
     ext = ".efi" if uefi else ".exe"
     boot_dir = "\\EFI\\Microsoft\\Boot" if uefi else "\\Boot"
     system_device = encode_partition_device(system)
@@ -118,13 +118,12 @@ def _objects(system: PartitionLocation, windows: PartitionLocation, recovery: Pa
     }
     if uefi:
         bootmgr[0x12000002] = "\\EFI\\Microsoft\\Boot\\bootmgfw.efi"
-        bootmgr[0x1600006c] = _boolean(False)   # bootuxdisabled: Windows writes it on UEFI stores
     objects = {
         BOOTMGR: (TYPE_BOOTMGR, bootmgr),
         OS_LOADER: (TYPE_OSLOADER, {
             0x11000001: windows_device,
             0x12000002: "\\Windows\\system32\\winload" + ext,
-            0x12000004: "Windows Server",
+            0x12000004: description,
             0x12000005: "en-US",
             0x14000006: [BOOTLOADERSETTINGS],
             0x14000008: [WINRE_LOADER],      # recoverysequence
@@ -211,11 +210,12 @@ def _objects(system: PartitionLocation, windows: PartitionLocation, recovery: Pa
 
 def build_bcd(path: Union[str, "os.PathLike[str]"], system: PartitionLocation, windows: PartitionLocation,
               firmware: str = "bios", recovery: Optional[PartitionLocation] = None,
-              winre_options: str = RAMDISK_OPTIONS) -> BcdLayout:
+              winre_options: str = RAMDISK_OPTIONS, description: str = "Windows Server") -> BcdLayout:
     """Write a BCD store to ``path`` whose boot manager lives on ``system`` and whose Windows and
     hibernation file live on ``windows``; Winre.wim and boot.sdi live on ``recovery`` (a recovery partition,
     as Windows 10/11 setup makes) or, when None, on ``windows`` (as older setups and upgrades leave them).
-    ``firmware`` is "bios" or "uefi"."""
+    ``firmware`` is "bios" or "uefi"; ``description`` is the loader's menu entry ("Windows 11" on clients).
+    """
     if firmware not in ("bios", "uefi"):
         raise ValueError("firmware must be 'bios' or 'uefi', got {!r}".format(firmware))
     path = os.fspath(path)
@@ -228,7 +228,7 @@ def build_bcd(path: Union[str, "os.PathLike[str]"], system: PartitionLocation, w
     hive.set_dword("Description", "TreatAsSystem", 1)
     winre_options = winre_options.lower()
     recovery = windows if recovery is None else recovery
-    objects = _objects(system, windows, recovery, firmware == "uefi", winre_options)
+    objects = _objects(system, windows, recovery, firmware == "uefi", winre_options, description)
     for guid in sorted(objects):
         otype, elements = objects[guid]
         _add_object(hive, guid, otype, elements)
