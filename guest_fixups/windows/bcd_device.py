@@ -12,7 +12,8 @@ depends on the type. A partition is always described by the same 0x48-byte "part
     +0x38 16 zero bytes
 
 Ramdisk ("[C:]\\Recovery\\WindowsRE\\Winre.wim"), file and VHD devices embed such a block for the partition
-that holds their file, after their own header, followed by the file's UTF-16 path.
+that holds their file, after their own header, followed by the file's UTF-16 path. A partition *inside* a
+VHD has local type 6 and no trailing zeros: the VHD file's device starts at its +0x38, and is not a block.
 
 Layout from mistyprojects.co.uk BCDEdit "Devices Partition - Data", ReactOS boot/environ/include/bl.h
 (BL_DEVICE_DESCRIPTOR), a1ive/ntloader bcd.h (bcd_disk_info) and the pybcd device parser.
