@@ -83,14 +83,14 @@ def nic_macs_from_registry(system: Hive) -> Dict[str, str]:
     return macs
 
 
-def static_nic_configs(system: Hive, macs: Mapping[str, str] = {}) -> List[NicConfig]:
+def static_nic_configs(system: Hive, macs: Optional[Mapping[str, str]] = None) -> List[NicConfig]:
     """The static IPv4 configurations of SYSTEM's Tcpip interfaces (EnableDHCP=0 with an address),
     in interface-key order. ``macs`` (interface GUID -> MAC, e.g. from the source VM's configuration)
     wins over what the registry keeps."""
     cs = system.current_control_set()
     base = cs + "\\Services\\Tcpip\\Parameters\\Interfaces"
     known = nic_macs_from_registry(system)
-    known.update({g.lower(): normalize_mac(m) for g, m in macs.items()})
+    known.update({g.lower(): normalize_mac(m) for g, m in (macs or {}).items()})
     configs = []
     for guid in system.subkeys(base):
         values = {k.lower(): v for k, v in system.values(base + "\\" + guid).items()}
@@ -148,12 +148,12 @@ def _runner_script() -> List[str]:
         'if not exist "%firstboot%\\scripts-done" mkdir "%firstboot%\\scripts-done"',
         'set "retry="',
         'for %%f in ("%firstboot%\\scripts\\*.bat") do (',
-        "  echo %DATE% %TIME% running %%~nxf",
+        "  echo !DATE! !TIME! running %%~nxf",
         '  pushd "%firstboot%\\scripts"',
         '  call "%%~ff"',
         "  set elvl=!errorlevel!",
         "  popd",
-        "  echo %DATE% %TIME% %%~nxf exited with !elvl!",
+        "  echo !DATE! !TIME! %%~nxf exited with !elvl!",
         "  if !elvl! EQU {} (".format(RETRY_EXIT_CODE),
         "    set retry=1",
         "  ) else (",
