@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from . import debian
+from . import ALL_VARIANTS, build, debian, image_path
 
 
 def main(argv=None) -> int:
@@ -10,7 +10,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", help="cache dir (default $V2V_TESTVM_CACHE or /var/tmp/v2v-testvms)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build (or reuse) a variant; prints the image path")
-    b.add_argument("variant", choices=sorted(debian.VARIANTS))
+    b.add_argument("variant", choices=ALL_VARIANTS)
     b.add_argument("--cache", dest="cache2")
     b.add_argument("--force", action="store_true", help="rebuild the image even if cached")
     sub.add_parser("list", help="variants and where their current images are (or would be)")
@@ -24,10 +24,10 @@ def main(argv=None) -> int:
     cache = getattr(a, "cache2", None) or a.cache
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731 - stdout carries only the result
     if a.cmd == "build":
-        print(debian.build(a.variant, cache, force=a.force, log=log))
+        print(build(a.variant, cache, force=a.force, log=log))
     elif a.cmd == "list":
-        for v in sorted(debian.VARIANTS):
-            p = debian.image_path(v, cache)
+        for v in ALL_VARIANTS:
+            p = image_path(v, cache)
             print("{}\t{}\t{}".format(v, p, "built" if p.exists() else "not built"))
     elif a.cmd == "prune":
         debian.prune(cache, a.older_than_days, log=log)
