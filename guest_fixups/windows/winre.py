@@ -274,7 +274,7 @@ def _disk_name(loc: WinreLocation) -> str:
 
 def _locate_partition(g, loc: WinreLocation) -> Optional[Tuple[str, Optional[str]]]:
     """(partition device, where it is mounted or None) of the partition ReAgent.xml names, or None."""
-    mounted = {dev: mp for mp, dev in g.mountpoints().items()}
+    mounted = dict(g.mountpoints())         # device -> where it is mounted
     candidates = []
     for part in g.list_partitions():
         disk = g.part_to_dev(part)
