@@ -6,6 +6,9 @@
     @pytest.fixture
     def foreign_guest_overlay(foreign_guest, tmp_path):
         return testvms.fixtures.guest_overlay(foreign_guest, tmp_path)
+
+    @pytest.fixture(scope="session")
+    def win2019_bios():             return str(testvms.fixtures.windows_image("win2019-bios"))
 """
 import os
 from pathlib import Path
@@ -22,6 +25,12 @@ def foreign_guest(cache: Optional[str] = None) -> Path:
 def foreign_guest_lvm(cache: Optional[str] = None) -> Path:
     """The cached raw image of debian12-foreign-lvm. Never write to it."""
     return debian.build("debian12-foreign-lvm", cache)
+
+
+def windows_image(variant: str, cache: Optional[str] = None) -> Path:
+    """The cached raw image of a synthetic Windows guest (testvms/windows/guest.py). Never write to it."""
+    from .windows import guest
+    return guest.build(variant, cache, log=lambda s: None)
 
 
 def guest_overlay(image, directory, name: str = "overlay.qcow2") -> str:
