@@ -34,9 +34,3 @@ def fix_bootloader_config(d: LinuxDistro) -> List[FixLine]:
     if not changes:
         return [FixLine("bootloader-config", "unchanged", "kernel command line names no bus-dependent device")]
     return [FixLine("bootloader-config", d.changed, "; ".join(changes))]
-
-
-def update(d: LinuxDistro) -> List[FixLine]:
-    if d.dry_run:
-        return [FixLine("bootloader", d.changed, "would regenerate the bootloader configuration")]
-    return [FixLine("bootloader", d.changed, d.update_bootloader())]

@@ -1,5 +1,5 @@
 """Debian and Ubuntu: dpkg/apt, initramfs-tools, grub-pc/grub-efi."""
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from v2v.errors import FixupError
 
@@ -28,7 +28,7 @@ class Debian(LinuxDistro):
     def initramfs_path(self, kernel: str) -> str:
         return "/boot/initrd.img-" + kernel
 
-    def rebuild_initramfs(self, kernel: str, add: Sequence[str], omit: Sequence[str]) -> None:
+    def initramfs_command(self, kernel: str, add: Sequence[str], omit: Sequence[str]) -> List[str]:
         if not self.app.exists("/usr/sbin/update-initramfs"):
             raise FixupError("initramfs-tools is not installed in the guest (no update-initramfs); "
                              "install it before converting")
@@ -36,7 +36,7 @@ class Debian(LinuxDistro):
         self.app.write_text(OMIT_HOOK, _omit_hook(omit))
         self.app.g.chmod(0o755, OMIT_HOOK)
         flag = "-u" if self.app.exists(self.initramfs_path(kernel)) else "-c"
-        self.app.command(["update-initramfs", flag, "-k", kernel], "update-initramfs for " + kernel)
+        return ["update-initramfs", flag, "-k", kernel]
 
     def _edit_modules_file(self, add: Sequence[str], omit: Sequence[str]) -> None:
         text = self.app.read_text(MODULES_FILE) if self.app.exists(MODULES_FILE) else ""
@@ -63,13 +63,11 @@ class Debian(LinuxDistro):
                                                 if self.app.g.is_dir("/etc/default/grub.d") else [])
             if f.endswith(".cfg")]
 
-    def update_bootloader(self) -> str:
+    def bootloader_command(self) -> Tuple[List[str], str]:
         if self.app.exists("/usr/sbin/update-grub"):
-            self.app.command(["update-grub"], "update-grub")
-            return "grub.cfg regenerated (update-grub)"
+            return ["update-grub"], "grub.cfg regenerated (update-grub)"
         if self.app.exists("/usr/sbin/grub-mkconfig"):
-            self.app.command(["grub-mkconfig", "-o", "/boot/grub/grub.cfg"], "grub-mkconfig")
-            return "grub.cfg regenerated (grub-mkconfig)"
+            return ["grub-mkconfig", "-o", "/boot/grub/grub.cfg"], "grub.cfg regenerated (grub-mkconfig)"
         raise FixupError("no GRUB found in the guest (update-grub/grub-mkconfig); only GRUB is supported")
 
 

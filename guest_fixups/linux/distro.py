@@ -1,7 +1,7 @@
 """What differs between Linux families, behind one base class; one file per family."""
 import time
 from dataclasses import replace
-from typing import Dict, List, Optional, Sequence, Type
+from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 from v2v.errors import UnsupportedGuest
 from v2v.types import FixLine, Guest, Plan
@@ -32,7 +32,8 @@ class LinuxDistro:
     def remove_packages(self, names: Sequence[str]) -> str:
         raise NotImplementedError
 
-    def rebuild_initramfs(self, kernel: str, add: Sequence[str], omit: Sequence[str]) -> None:
+    def initramfs_command(self, kernel: str, add: Sequence[str], omit: Sequence[str]) -> List[str]:
+        """Prepare the guest's initramfs configuration (add, omit) and return the command that rebuilds it."""
         raise NotImplementedError
 
     def initramfs_path(self, kernel: str) -> str:
@@ -46,7 +47,8 @@ class LinuxDistro:
     def bootloader_config_files(self) -> List[str]:
         raise NotImplementedError
 
-    def update_bootloader(self) -> str:
+    def bootloader_command(self) -> Tuple[List[str], str]:
+        """The command that regenerates the bootloader configuration, and the line that reports it."""
         raise NotImplementedError
 
     # --- the conversion, the same for every family ------------------------------------------
@@ -57,8 +59,6 @@ class LinuxDistro:
             lambda: fstab.fix_device_names(self),
             lambda: network.fix_network(self, plan),
             lambda: bootloader.fix_bootloader_config(self),
-            lambda: initramfs.rebuild(self),     # after package removal: it may have changed modules
-            lambda: bootloader.update(self),     # last: grub.cfg lists the new initramfs
         )
         lines: List[FixLine] = []
         for step in steps:
@@ -66,6 +66,8 @@ class LinuxDistro:
             out = step()
             secs = round((time.monotonic() - t0) / max(1, len(out)), 1)
             lines += [replace(ln, seconds=secs) for ln in out]
+        # after package removal (it may change modules); the bootloader last: grub.cfg lists the initramfs
+        lines += initramfs.rebuild_and_update_bootloader(self)
         return lines
 
 
