@@ -1,7 +1,7 @@
 """Inspection: what OS the overlays hold, where it mounts, how it boots."""
 from typing import List, Sequence, Tuple
 
-from v2v.errors import InspectionError
+from v2v.errors import InspectionError, UnsupportedGuest
 from v2v.types import Filesystem, Guest, SourceDisk
 
 from .appliance import Appliance
@@ -17,6 +17,10 @@ def inspect(app: Appliance, disks: Sequence[SourceDisk]) -> Guest:
     except RuntimeError as e:
         raise InspectionError("inspection failed: {}".format(e)) from None
     if not roots:
+        from .windows.convert import refusal
+        why = refusal(app, None)   # BitLocker or a dynamic disk hides the OS from inspection: say so
+        if why:
+            raise UnsupportedGuest(why)
         raise InspectionError("no operating system was found on the disk(s): is this the right image, "
                               "and is it whole? (a data disk needs the OS disk given with it)")
     if len(roots) > 1:
@@ -60,7 +64,19 @@ def inspect(app: Appliance, disks: Sequence[SourceDisk]) -> Guest:
         kernels=kernels,
         applications=apps,
         disks=tuple(disks),
+        **(_windows(g, root) if ostype == "windows" else {}),
     )
+
+
+def _windows(g, root: str) -> dict:
+    build = ""
+    try:
+        build = g.inspect_get_build_id(root)
+    except (RuntimeError, AttributeError):   # older libguestfs: no build id
+        pass
+    return {"windows_systemroot": g.inspect_get_windows_systemroot(root),
+            "product_variant": g.inspect_get_product_variant(root),
+            "build": build if build not in ("unknown",) else ""}
 
 
 def _firmware(app: Appliance, ostype: str) -> str:

@@ -3,7 +3,7 @@ import json
 import logging
 import signal
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import click
 
@@ -77,23 +77,40 @@ def doctor(json_mode: bool, uri: str) -> None:
     sys.exit(1 if required_failed else 0)
 
 
+def windows_options(f: Callable) -> Callable:
+    """--virtio-win, --allow-no-virtio and --disk-bus, shared by inspect and convert."""
+    f = click.option("--disk-bus", type=click.Choice(["virtio", "scsi"]), default="virtio", show_default=True,
+                     help="Windows: boot from virtio-blk (viostor) or virtio-scsi (vioscsi).")(f)
+    f = click.option("--allow-no-virtio", is_flag=True,
+                     help="Windows without virtio drivers: convert with SATA disks and an e1000e NIC.")(f)
+    f = click.option("--virtio-win", type=click.Path(exists=True),
+                     help="Windows: virtio-win drivers, a directory or an ISO (e.g. /usr/share/virtio-win).")(f)
+    return f
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("disks", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @click.option("--input-format", type=click.Choice(["raw", "qcow2", "vmdk", "vpc", "vhdx"]),
               help="Input format (default: detected from the content, not the file name).")
+@windows_options
 @click.option("--json", "json_mode", is_flag=True, help="Print the report as one JSON object.")
-def inspect(disks: Sequence[str], input_format: Optional[str], json_mode: bool) -> None:
+def inspect(disks: Sequence[str], input_format: Optional[str], virtio_win: Optional[str], allow_no_virtio: bool,
+            disk_bus: str, json_mode: bool) -> None:
     """Inspect the guest on DISKS and say what a conversion would do. Writes nothing.
 
     \b
     Example:
       v2v inspect web1.vmdk
       v2v inspect web1-disk1.vmdk web1-disk2.vmdk --json
+      v2v inspect win2019.vmdk --virtio-win /usr/share/virtio-win
     """
-    from .pipeline import inspect_only
+    from .outputs import OutputOptions
+    from .pipeline import ConvertOptions, inspect_only
     events = _emitter(json_mode)
+    opts = ConvertOptions(output=OutputOptions(kind="local", name="inspect"), virtio_win=virtio_win,
+                          allow_no_virtio=allow_no_virtio, disk_bus=disk_bus)
     try:
-        report = inspect_only(disks, input_format, events)
+        report = inspect_only(disks, input_format, events, opts)
     except V2VError as e:
         _fail(events, e)
         return
@@ -110,11 +127,15 @@ def inspect(disks: Sequence[str], input_format: Optional[str], json_mode: bool) 
     click.echo("  root         {}".format(guest.root))
     for mp, dev in guest.mountpoints:
         click.echo("  mount        {:<12} {}".format(mp, dev))
-    click.echo("  kernels      {}".format(", ".join(guest.kernels) or "none"))
+    if guest.type == "windows":
+        click.echo("  systemroot   {}  ({}, build {})".format(guest.windows_systemroot, guest.product_variant,
+                                                            guest.build or "unknown"))
+    else:
+        click.echo("  kernels      {}".format(", ".join(guest.kernels) or "none"))
     if plan is not None:
-        click.echo("  would get    {} disks on virtio, {} machine, {} MiB, {} vCPUs, NIC {} named {}".format(
-            len(guest.disks), plan.machine, plan.memory_mib, plan.vcpus, plan.network.mac,
-            plan.network.guest_name or "(by the guest's default policy)"))
+        click.echo("  would get    {} disks on {}, {} machine, {} MiB, {} vCPUs, {} NIC {}{}".format(
+            len(guest.disks), plan.disk_bus, plan.machine, plan.memory_mib, plan.vcpus, plan.network.model,
+            plan.network.mac, " named " + plan.network.guest_name if plan.network.guest_name else ""))
         for n in plan.notes:
             click.echo("  note         " + n)
         for ln in report["would"]:
@@ -156,11 +177,13 @@ def convert() -> None:
 @click.option("--verify-boot", is_flag=True, help="Boot a throwaway overlay of the result and report.")
 @click.option("--boot-timeout", type=float, help="Seconds to wait for the boot marker (default 240 KVM, 900 TCG).")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Directory for temporary overlays.")
+@windows_options
 @click.option("--json", "json_mode", is_flag=True, help="JSON lines on stdout: stages, progress, result.")
 def convert_disk(disks: Sequence[str], to: str, name: Optional[str], out_dir: Optional[str],
                  storage: Optional[str], out_format: str, input_format: Optional[str], uri: str, network: str,
                  bridge: str, memory_mib: Optional[int], vcpus: Optional[int], mac: Optional[str], overwrite: bool,
-                 verify_boot: bool, boot_timeout: Optional[float], workdir: Optional[str], json_mode: bool) -> None:
+                 verify_boot: bool, boot_timeout: Optional[float], workdir: Optional[str],
+                 virtio_win: Optional[str], allow_no_virtio: bool, disk_bus: str, json_mode: bool) -> None:
     """Convert the guest on DISKS (raw, qcow2, VMDK, VHD, VHDX; the OS disk first).
 
     \b
@@ -168,6 +191,7 @@ def convert_disk(disks: Sequence[str], to: str, name: Optional[str], out_dir: Op
       v2v convert disk web1.vmdk --to libvirt --name web1 --verify-boot
       v2v convert disk web1.vhdx --to libvirt --storage /srv/vms --name web1
       v2v convert disk a.qcow2 b.qcow2 --to local --out ./web1 --format raw --json
+      v2v convert disk win2019.vmdk --to libvirt --virtio-win /usr/share/virtio-win
     """
     from .outputs import OutputOptions
     from .pipeline import ConvertOptions, convert as run_convert, default_name
@@ -180,7 +204,8 @@ def convert_disk(disks: Sequence[str], to: str, name: Optional[str], out_dir: Op
         output=OutputOptions(kind=to, name=name or default_name(disks), format=out_format, out_dir=out_dir,
                              storage=storage, uri=uri, network=network, bridge=bridge, overwrite=overwrite),
         input_format=input_format, memory_mib=memory_mib, vcpus=vcpus, mac=mac.lower() if mac else None,
-        verify_boot=verify_boot, boot_timeout=boot_timeout, workdir=workdir)
+        verify_boot=verify_boot, boot_timeout=boot_timeout, workdir=workdir, virtio_win=virtio_win,
+        allow_no_virtio=allow_no_virtio, disk_bus=disk_bus)
     try:
         result = run_convert(disks, opts, events)
     except V2VError as e:

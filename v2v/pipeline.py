@@ -13,6 +13,7 @@ from guest_fixups import inspect as inspection
 from guest_fixups.appliance import Appliance
 from guest_fixups.linux import distro as linux_distro
 from guest_fixups.linux.network import configured_interfaces
+from guest_fixups.windows import convert as windows
 
 from . import osinfo, outputs, verify
 from .doctor import choose_accel
@@ -22,6 +23,7 @@ from .sources.disk import open_disks
 from .types import FixLine, FixReport, Guest, NetworkPlan, Overlay, Plan, Result, SourceDisk, TargetDisk
 
 DEFAULT_MEMORY_MIB = 2048
+DEFAULT_WINDOWS_MEMORY_MIB = 4096
 DEFAULT_VCPUS = 2
 
 
@@ -35,6 +37,9 @@ class ConvertOptions:
     verify_boot: bool = False
     boot_timeout: Optional[float] = None
     workdir: Optional[str] = None
+    virtio_win: Optional[str] = None     # a virtio-win directory or ISO (Windows guests)
+    allow_no_virtio: bool = False        # Windows without virtio drivers: SATA disks, e1000e NIC
+    disk_bus: str = "virtio"             # virtio (viostor) | scsi (vioscsi), for Windows guests
 
 
 class Timer:
@@ -71,28 +76,42 @@ def make_overlays(disks: Sequence[SourceDisk], work: str) -> List[Overlay]:
     return overlays
 
 
-def preflight(app: Appliance, guest: Guest, name: str, opts: Optional[ConvertOptions] = None) -> Plan:
+def preflight(app: Appliance, guest: Guest, name: str, opts: Optional[ConvertOptions] = None,
+              virtio_win: Optional[str] = None) -> Tuple[Plan, Optional[windows.WindowsPlan]]:
     """Refuse what cannot be converted, before anything is written; decide the target's shape."""
-    if guest.type == "windows":
-        raise UnsupportedGuest("{}: Windows conversion is not available yet in this version".format(
-            guest.product_name))
-    if guest.type != "linux":
-        raise UnsupportedGuest("{} ({}) is not supported: only Linux guests can be converted".format(
+    if guest.type not in ("linux", "windows"):
+        raise UnsupportedGuest("{} ({}) is not supported: only Linux and Windows guests can be converted".format(
             guest.product_name, guest.type))
     if guest.arch not in ("x86_64", "i386", "i686"):
         raise UnsupportedGuest("{} is a {} guest; only x86 guests can be converted to x86 KVM".format(
             guest.product_name, guest.arch))
+    osinfo_id, note = osinfo.lookup(guest.osinfo)
+    mac = (opts.mac if opts and opts.mac else None) or random_mac()
+    memory = opts.memory_mib if opts and opts.memory_mib else None
+    vcpus = opts.vcpus if opts and opts.vcpus else DEFAULT_VCPUS
+    if guest.type == "windows":
+        if opts and opts.verify_boot:
+            raise UnsupportedGuest("--verify-boot is not available for Windows guests yet (it needs a boot "
+                                   "marker inside Windows); convert without it")
+        wplan = windows.preflight(app, guest, virtio_win, bool(opts and opts.allow_no_virtio),
+                                  opts.disk_bus if opts else "virtio")
+        modern = (guest.major, guest.minor) >= (6, 2)
+        win11 = guest.major >= 10 and windows.product_type(guest) == "client" and \
+            guest.build.isdigit() and int(guest.build) >= 22000
+        plan = Plan(name=name, disk_bus=wplan.disk_bus, firmware=guest.firmware, machine="q35",
+                    memory_mib=memory or DEFAULT_WINDOWS_MEMORY_MIB, vcpus=vcpus, osinfo_id=osinfo_id,
+                    network=NetworkPlan(mac=mac, model=wplan.nic_model),
+                    notes=tuple(n for n in (note,) + wplan.notes if n), os_type="windows",
+                    secure_boot=guest.firmware == "uefi" and modern, tpm=win11)
+        return plan, wplan
     linux_distro.for_guest(app, guest)      # raises UnsupportedGuest for an unknown family
     if not guest.kernels:
         raise UnsupportedGuest("no kernel found in /boot of {}; it cannot boot".format(guest.product_name))
-    osinfo_id, note = osinfo.lookup(guest.osinfo)
     names, _ = configured_interfaces(app)
-    mac = (opts.mac if opts and opts.mac else None) or random_mac()
     return Plan(name=name, disk_bus="virtio", firmware=guest.firmware, machine="q35",
-                memory_mib=(opts.memory_mib if opts and opts.memory_mib else DEFAULT_MEMORY_MIB),
-                vcpus=(opts.vcpus if opts and opts.vcpus else DEFAULT_VCPUS), osinfo_id=osinfo_id,
+                memory_mib=memory or DEFAULT_MEMORY_MIB, vcpus=vcpus, osinfo_id=osinfo_id,
                 network=NetworkPlan(mac=mac, guest_name=names[0] if names else ""),
-                notes=(note,) if note else ())
+                notes=(note,) if note else ()), None
 
 
 def random_mac() -> str:
@@ -100,10 +119,13 @@ def random_mac() -> str:
     return "52:54:00:" + ":".join("{:02x}".format(b) for b in secrets.token_bytes(3))
 
 
-def fix(app: Appliance, guest: Guest, plan: Plan, events: Emitter) -> FixReport:
+def fix(app: Appliance, guest: Guest, plan: Plan, events: Emitter,
+        wplan: Optional[windows.WindowsPlan] = None) -> FixReport:
     """All guest fixups, in the one appliance session."""
-    d = linux_distro.for_guest(app, guest)
-    lines = d.convert(plan)
+    if wplan is not None:
+        lines = windows.convert(app, guest, wplan)
+    else:
+        lines = linux_distro.for_guest(app, guest).convert(plan)
     for ln in lines:
         (events.warning if ln.status == "warning" else events.info)("{}: {}".format(ln.name, ln.message))
     return FixReport(lines=tuple(lines))
@@ -127,11 +149,12 @@ def copy(overlays: Sequence[Overlay], targets: Sequence[TargetDisk], events: Emi
     return done
 
 
-def inspect_only(paths: Sequence[str], input_format: Optional[str], events: Emitter) -> Dict:
+def inspect_only(paths: Sequence[str], input_format: Optional[str], events: Emitter,
+                 opts: Optional[ConvertOptions] = None) -> Dict:
     """What `v2v inspect` reports: the guest, the plan, and the refusal if any. Writes nothing."""
     disks = open_disks(paths, input_format)
     accel = choose_accel(events)
-    with workdir(None) as work:
+    with workdir(None) as work, _virtio_win(opts) as tree:
         overlays = make_overlays(disks, work)
         events.stage("inspect", "inspecting {} (libguestfs appliance, {})".format(
             ", ".join(os.path.basename(p) for p in paths), accel.accel.upper()))
@@ -142,8 +165,11 @@ def inspect_only(paths: Sequence[str], input_format: Optional[str], events: Emit
             refusal = ""
             would: Tuple[FixLine, ...] = ()
             try:
-                plan = preflight(app, guest, default_name(paths))
-                would = tuple(linux_distro.for_guest(app, guest, dry_run=True).convert(plan))
+                plan, wplan = preflight(app, guest, default_name(paths), opts, tree)
+                if wplan is not None:
+                    would = tuple(windows.convert(app, guest, wplan, dry_run=True))
+                else:
+                    would = tuple(linux_distro.for_guest(app, guest, dry_run=True).convert(plan))
             except UnsupportedGuest as e:
                 refusal = str(e)
     return {"guest": guest, "plan": plan, "refusal": refusal, "would": would}
@@ -157,7 +183,7 @@ def convert(paths: Sequence[str], opts: ConvertOptions, events: Emitter) -> Resu
     accel = choose_accel(events)
     output_opts = replace(opts.output, domain_type="kvm" if accel.accel == "kvm" else "qemu")
     out = outputs.select(output_opts)
-    with workdir(opts.workdir) as work:
+    with workdir(opts.workdir) as work, _virtio_win(opts) as tree:
         overlays = make_overlays(disks, work)
         out.check(overlays)
         try:
@@ -169,16 +195,16 @@ def convert(paths: Sequence[str], opts: ConvertOptions, events: Emitter) -> Resu
                     guest = inspection.inspect(app, disks)
                     events.info("found {} ({} {}, {}), root {}".format(
                         guest.product_name, guest.distro, guest.arch, guest.firmware.upper(), guest.root))
-                    plan = preflight(app, guest, opts.output.name, opts)
+                    plan, wplan = preflight(app, guest, opts.output.name, opts, tree)
                 for note in plan.notes:
                     events.warning(note)
                 with timer.stage("fix"), events.busy("fix", "converting the guest for KVM"):
-                    report = fix(app, guest, plan, events)
+                    report = fix(app, guest, plan, events, wplan)
                     app.fstrim_all()
                     app.close()
             with timer.stage("copy"):
                 needed = sum(out.measure(o) for o in overlays)
-                targets = out.prepare(overlays, needed)
+                targets = out.prepare(overlays, needed, bus=plan.disk_bus)
                 events.stage("copy", "copying to {} ({})".format(out.disk_dir(), opts.output.format))
                 targets = copy(overlays, targets, events)
             with timer.stage("finalize"):
@@ -192,6 +218,18 @@ def convert(paths: Sequence[str], opts: ConvertOptions, events: Emitter) -> Resu
             boot = verify.verify(result, accel.accel, events, timeout=opts.boot_timeout)
         result = replace(result, boot=boot, timings=tuple(timer.stages))
     return result
+
+
+@contextmanager
+def _virtio_win(opts: Optional[ConvertOptions]) -> Iterator[Optional[str]]:
+    """The virtio-win tree as a directory (an ISO is extracted for the run), or None when not given."""
+    path = opts.virtio_win if opts else None
+    if not path or os.path.isdir(path):
+        yield path or None
+        return
+    from hv_drivers.virtio_win import open_virtio_win
+    with open_virtio_win(path) as tree:
+        yield tree
 
 
 def default_name(paths: Sequence[str]) -> str:

@@ -50,6 +50,9 @@ class Guest:
     kernels: Tuple[str, ...] = ()                # kernel versions with /boot/vmlinuz-*
     applications: Tuple[str, ...] = ()           # installed package names
     disks: Tuple[SourceDisk, ...] = ()
+    windows_systemroot: str = ""                 # /Windows (guest path), Windows only
+    product_variant: str = ""                    # Server | Client ... (Windows)
+    build: str = ""                              # Windows build number, e.g. 17763
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ class Plan:
     osinfo_id: str         # libosinfo URL, e.g. http://debian.org/debian/11
     network: NetworkPlan
     notes: Tuple[str, ...] = ()
+    os_type: str = "linux"  # linux | windows: the domain gets Hyper-V enlightenments and a localtime clock
+    secure_boot: bool = False
+    tpm: bool = False
 
 
 @dataclass(frozen=True)

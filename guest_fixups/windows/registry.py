@@ -181,10 +181,11 @@ class Hive:
 
 
 @contextlib.contextmanager
-def edit_guest_hive(app, guest_path: str) -> Iterator[Hive]:
+def edit_guest_hive(app, guest_path: str, dry_run: bool = False) -> Iterator[Hive]:
     """Download a hive from the (overlay) guest, yield it for writing, then commit and upload it back.
 
-    Nothing is uploaded when the body raises, so the guest's hive is never left half-changed.
+    Nothing is uploaded when the body raises, so the guest's hive is never left half-changed; nothing at
+    all with dry_run (the edits land in a throwaway copy, so a dry run reports exactly what would change).
     """
     real = app.g.case_sensitive_path(guest_path)
     with tempfile.TemporaryDirectory(prefix="v2v-hive-") as tmp:
@@ -192,6 +193,8 @@ def edit_guest_hive(app, guest_path: str) -> Iterator[Hive]:
         app.g.download(real, local)
         hive = Hive(local, write=True)
         yield hive
+        if dry_run:
+            return
         hive.commit()
         Hive(local)  # re-open: what we upload must parse
         app.g.upload(local, real)

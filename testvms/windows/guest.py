@@ -163,7 +163,7 @@ WINPESHL_INI = "[LaunchApps]\r\n%SYSTEMDRIVE%\\sources\\recovery\\recenv.exe\r\n
 
 
 def reagent_xml(directory: str, disk_id: int, offset: int, disk_guid: Optional[str], version: str,
-                build: str) -> bytes:
+                build: str, server: bool = True) -> bytes:
     """ReAgent.xml as reagentc writes it once WinRE is enabled (UTF-8 with a BOM, CRLF)."""
     zero = "{00000000-0000-0000-0000-000000000000}"
     guid = "{" + disk_guid.lower() + "}" if disk_guid else zero
@@ -184,7 +184,7 @@ def reagent_xml(directory: str, disk_id: int, offset: int, disk_guid: Optional[s
         '  <OperationParam path=""/>',
         '  <OsBuildVersion path="{}"/>'.format(build),
         '  <OemTool state="0"/>',
-        '  <IsServer state="{}"/>'.format(0),
+        '  <IsServer state="{}"/>'.format(int(server)),
         '  <DownlevelWinreLocation path="" offset="0" guid="{}" id="0"/>'.format(zero),
         '  <IsWimBoot state="0"/>',
         '  <NarratorScheduled state="0"/>',
@@ -244,7 +244,7 @@ def _file(root: Path, rel: str, data: bytes) -> None:
     p.write_bytes(data)
 
 
-def _windows_tree(root: Path, variant: str, spec: Dict, work: Path) -> None:
+def _windows_tree(root: Path, spec: Dict, work: Path) -> None:
     """C: as Windows leaves it: hives, binaries, drivers, INF files, ReAgent.xml and (when WinRE is on C:)
     the Recovery folder, pagefile and a non-hibernated hiberfil.sys."""
     rel = hives.release(spec["version"])
@@ -283,7 +283,7 @@ def _windows_tree(root: Path, variant: str, spec: Dict, work: Path) -> None:
     winre_on = "recovery" if "recovery" in offsets else "windows"
     reagent = reagent_xml("\\Recovery\\WindowsRE", spec.get("signature", 0), offsets[winre_on],
                           spec.get("disk_guid"), "1.0" if spec["version"] == "2008r2" else "2.0",
-                          "{}.1.amd64fre".format(rel.build))
+                          "{}.1.amd64fre".format(rel.build), rel.installation_type == "Server")
     _file(root, "Windows/System32/Recovery/ReAgent.xml", reagent)
     if winre_on == "windows":
         _recovery_folder(root, spec, work, reagent)
@@ -339,7 +339,7 @@ def _recovery_tree(root: Path, spec: Dict, work: Path) -> None:
     """A separate recovery partition (Windows 10+ on UEFI): \\Recovery\\WindowsRE."""
     rel = hives.release(spec["version"])
     reagent = reagent_xml("\\Recovery\\WindowsRE", 0, _offsets(spec)["recovery"], spec.get("disk_guid"),
-                          "2.0", "{}.1.amd64fre".format(rel.build))
+                          "2.0", "{}.1.amd64fre".format(rel.build), rel.installation_type == "Server")
     _recovery_folder(root, spec, work, reagent)
 
 
@@ -414,7 +414,7 @@ def _build_image(out: Path, variant: str, log: Callable[[str], None]) -> Dict:
             tree = work / role
             tree.mkdir()
             if role == "windows":
-                _windows_tree(tree, variant, spec, work)
+                _windows_tree(tree, spec, work)
             elif role == "system":
                 _system_tree(tree, spec)
             elif role == "esp":

@@ -68,13 +68,13 @@ class Output:
         return [os.path.join(self.disk_dir(), "{}-sd{}.{}".format(self.opts.name, t[2:], ext))
                 for t in disk_targets(count)]
 
-    def prepare(self, overlays: Sequence[Overlay], needed: int) -> List[TargetDisk]:
+    def prepare(self, overlays: Sequence[Overlay], needed: int, bus: str = "virtio") -> List[TargetDisk]:
         """Temporary target paths for each overlay, after checking there is room for `needed` bytes."""
         d = self.disk_dir()
         os.makedirs(d, exist_ok=True)
         self._check_space(d, needed)
         targets = []
-        for ov, final, dev in zip(overlays, self.final_paths(len(overlays)), disk_targets(len(overlays))):
+        for ov, final, dev in zip(overlays, self.final_paths(len(overlays)), disk_targets(len(overlays), bus)):
             tmp = os.path.join(d, ".{}.part".format(os.path.basename(final)))
             self._temps.append(tmp)
             targets.append(TargetDisk(path=tmp, format=self.opts.format, source=ov.source, target_dev=dev))
@@ -99,9 +99,11 @@ class Output:
             nvram = os.path.join(self.disk_dir(), "{}_VARS.fd".format(plan.name))
         return DomainSpec(
             name=plan.name, memory_mib=plan.memory_mib, vcpus=plan.vcpus,
-            disks=tuple(DiskSpec(path=d.path, format=d.format, target_dev=d.target_dev) for d in disks),
+            disks=tuple(DiskSpec(path=d.path, format=d.format, target_dev=d.target_dev, bus=plan.disk_bus)
+                        for d in disks),
             nics=(nic,), domain_type=self.opts.domain_type, machine=plan.machine, firmware=plan.firmware,
-            osinfo_id=plan.osinfo_id, nvram=nvram,
+            osinfo_id=plan.osinfo_id, nvram=nvram, os_type=plan.os_type, secure_boot=plan.secure_boot,
+            tpm=plan.tpm,
             description="Converted by v2v from {}".format(", ".join(d.source.path for d in disks)))
 
     def finalize(self, plan: Plan, targets: Sequence[TargetDisk]) -> Result:
