@@ -9,12 +9,12 @@ APT_PACKAGES=(
   libguestfs-tools python3-guestfs linux-image-amd64 supermin
   qemu-system-x86 qemu-utils ovmf nbdkit libnbd-bin python3-libnbd
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu python3-libvirt
-  python3-hivex libhivex-bin python3-parted python3-pyudev
+  python3-hivex libhivex-bin python3-parted python3-pyudev libarchive-tools
   osinfo-db libosinfo-bin python3-click python3-lxml python3-tqdm python3-venv python3-pip
   # test guests and filesystems
   debootstrap e2fsprogs xfsprogs dosfstools mtools ntfs-3g lvm2 parted gdisk fdisk wimtools zstd lz4 cpio
   # tests and benchmarks
-  python3-pytest openssh-server openssh-client virt-v2v
+  python3-pytest openssh-server openssh-client virt-v2v xorriso
 )
 
 missing=()
