@@ -246,5 +246,162 @@ def _print_result(r: Result) -> None:
                 click.echo("    | " + ln)
 
 
+
+def _bandwidth(text: Optional[str]) -> int:
+    """'40M' -> bytes per second (K, M, G are powers of 1024); None or '0' -> unlimited."""
+    import re
+    if not text:
+        return 0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGkmg]?)(?:i?B)?(?:/s)?", text.strip())
+    if not m:
+        raise click.BadParameter("not a rate like 40M (bytes per second)", param_hint="--bandwidth")
+    return int(float(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper() or " "))
+
+
+@convert.command("host", context_settings=CONTEXT)
+@click.argument("target", metavar="USER@HOST[:PORT]")
+@click.option("--to", "to", type=click.Choice(["libvirt", "local"]), help="Where the result goes.")
+@click.option("--name", help="Name of the converted guest (default: the host name).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="--to local: directory for disks and XML (with --capture-only: for the raw images).")
+@click.option("--storage", type=click.Path(file_okay=False), help="--to libvirt: directory for the disks.")
+@click.option("--format", "out_format", type=click.Choice(["qcow2", "raw"]), default="qcow2", show_default=True,
+              help="Format of the converted disks.")
+@click.option("--connect", "uri", default="qemu:///system", show_default=True, help="--to libvirt: libvirt URI.")
+@click.option("--network", default="default", show_default=True, help="libvirt network for the NIC.")
+@click.option("--bridge", default="", help="Host bridge for the NIC instead of a libvirt network.")
+@click.option("--memory", "memory_mib", type=click.IntRange(128, 4 << 20), help="Memory in MiB (default 2048).")
+@click.option("--vcpus", type=click.IntRange(1, 1024), help="Virtual CPUs (default 2).")
+@click.option("--mac", help="MAC address of the NIC (default: a random 52:54:00 address).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing domain or files of the same name.")
+@click.option("--verify-boot", is_flag=True, help="Boot a throwaway overlay of the result and report.")
+@click.option("--boot-timeout", type=float, help="Seconds to wait for the boot marker.")
+@click.option("--workdir", type=click.Path(file_okay=False),
+              help="Directory for the staging images (kept for a resume) and the overlays.")
+@click.option("--disk", "disks", multiple=True, metavar="DEV",
+              help="Capture only this whole-disk device of the source (repeatable; default: every disk).")
+@click.option("--bandwidth", help="Limit the wire to this many bytes per second, e.g. 40M.")
+@click.option("--compress", type=click.Choice(["none", "zlib", "lzma"]), default="zlib", show_default=True,
+              help="Compression of the chunks on the wire (incompressible data goes raw).")
+@click.option("--max-freeze", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
+              help="Longest time in seconds a filesystem of the source stays frozen.")
+@click.option("--tracing", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="Find writes with tracefs block_rq_complete (auto) or with digest passes only (off).")
+@click.option("--ssh-key", type=click.Path(exists=True, dir_okay=False), help="ssh private key for the login.")
+@click.option("--ssh-port", type=click.IntRange(1, 65535), help="ssh port (overrides :PORT).")
+@click.option("--ssh-accept-new", is_flag=True, help="Trust the host key of a host seen for the first time.")
+@click.option("--ssh-known-hosts", type=click.Path(dir_okay=False), help="known_hosts file to check the host key in.")
+@click.option("--remote-python", default="python3", show_default=True, help="Python 3.6+ on the source.")
+@click.option("--capture-only", is_flag=True, help="Stop after the capture: raw images and manifest in --out.")
+@click.option("--dry-run", is_flag=True, help="Say what would be copied and how, then stop. Copies nothing.")
+@click.option("--json", "json_mode", is_flag=True, help="JSON lines on stdout: stages, progress, result.")
+def convert_host(target: str, to: Optional[str], name: Optional[str], out_dir: Optional[str],
+                 storage: Optional[str], out_format: str, uri: str, network: str, bridge: str,
+                 memory_mib: Optional[int], vcpus: Optional[int], mac: Optional[str], overwrite: bool,
+                 verify_boot: bool, boot_timeout: Optional[float], workdir: Optional[str], disks: Sequence[str],
+                 bandwidth: Optional[str], compress: str, max_freeze: float, tracing: str, ssh_key: Optional[str],
+                 ssh_port: Optional[int], ssh_accept_new: bool, ssh_known_hosts: Optional[str],
+                 remote_python: str, capture_only: bool, dry_run: bool, json_mode: bool) -> None:
+    """Capture the running Linux host USER@HOST over ssh, block by block, and convert it to KVM.
+
+    Runs v2v-agent.pyz on the host (Python 3.6+, nothing installed, host key checking on), copies the
+    used blocks of its disks consistently (filesystems frozen for at most --max-freeze seconds) into
+    staging images, then converts them like `convert disk`. Rerun the same command after a dropped
+    connection: verified chunks are not sent again.
+
+    \b
+    Examples:
+      v2v convert host root@db1.example --to libvirt --name db1 --verify-boot
+      v2v convert host root@db1.example --to local --out ./db1 --bandwidth 40M --ssh-key ~/.ssh/id_ed25519
+      v2v convert host root@10.0.0.5:2222 --dry-run
+      v2v convert host root@db1.example --disk /dev/sdb --capture-only --out ./db1-raw
+    """
+    from .outputs import OutputOptions
+    from .pipeline import ConvertOptions
+    from .sources import host
+    events = _emitter(json_mode)
+    if not dry_run and not capture_only and to is None:
+        raise click.UsageError("--to libvirt|local is needed (or --dry-run, or --capture-only --out DIR)")
+    if (to == "local" or capture_only) and not out_dir and not dry_run:
+        raise click.UsageError("--to local and --capture-only need --out DIR")
+    if mac is not None and not _valid_mac(mac):
+        raise click.BadParameter("not a unicast MAC address like 52:54:00:12:34:56", param_hint="--mac")
+    rate = _bandwidth(bandwidth)
+    try:
+        t = host.parse_target(target, ssh_port)
+        copts = host.CaptureOptions(disks=tuple(disks), compress=compress, bandwidth=rate, max_freeze=max_freeze,
+                                    tracing=tracing, ssh_key=ssh_key, ssh_accept_new=ssh_accept_new,
+                                    ssh_known_hosts=ssh_known_hosts, remote_python=remote_python,
+                                    dry_run=dry_run, staging=out_dir if capture_only else None)
+        if dry_run or capture_only:
+            report = host.capture(t, copts, events, workdir)
+            events.result({"capture": to_json(report)})
+            if not json_mode:
+                _print_capture(report)
+            return
+        opts = ConvertOptions(
+            output=OutputOptions(kind=to or "local", name=name or t.host, format=out_format, out_dir=out_dir,
+                                 storage=storage, uri=uri, network=network, bridge=bridge, overwrite=overwrite),
+            memory_mib=memory_mib, vcpus=vcpus, mac=mac.lower() if mac else None, verify_boot=verify_boot,
+            boot_timeout=boot_timeout, workdir=workdir)
+        report, result = host.convert_host(t, copts, opts, events)
+    except V2VError as e:
+        _fail(events, e)
+        return
+    events.result(dict(to_json(result), capture=to_json(report)))
+    if not json_mode:
+        _print_capture(report)
+        _print_result(result)
+    if result.boot is not None and not result.boot.ok:
+        if not json_mode:
+            click.echo("v2v: error: the converted guest did not boot: " + result.boot.reason, err=True)
+        sys.exit(1)
+
+
+def _print_capture(r: Any) -> None:
+    for p in r.plans:
+        click.echo("disk {}  {}  {} of {} bytes to send  {}".format(p["device"], p["mode"], p["used_bytes"],
+                                                                   p["size"], p["reason"]))
+    for d in r.disks:
+        click.echo("  consistency {} ({}), freeze {:.3f}s on {}, rounds {}".format(
+            d["mode"], d["tracking"], d["freeze_seconds"], ", ".join(d["frozen"]) or "nothing",
+            ", ".join(str(x) for x in d["rounds"])))
+    for img in r.images:
+        click.echo("  image {}".format(img))
+    if r.images:
+        click.echo("  received {} bytes ({} on the wire), {} re-sent, {} skipped as verified earlier, {:.1f}s".format(
+            r.received_bytes, r.wire_bytes, r.resent_bytes, r.skipped_bytes, r.seconds))
+
+
+@main.group(context_settings=CONTEXT)
+def agent() -> None:
+    """The source-side agent, v2v-agent.pyz (one file, Python 3.6+ standard library)."""
+
+
+@agent.command("build", context_settings=CONTEXT)
+@click.option("-o", "--output", "output", default="v2v-agent.pyz", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the agent.")
+def agent_build(output: str) -> None:
+    """Write v2v-agent.pyz, for hosts the converter cannot reach by ssh.
+
+    \b
+    Example:
+      v2v agent build -o /srv/v2v-agent.pyz
+      scp /srv/v2v-agent.pyz root@db1:/root/ && ssh root@db1 python3 /root/v2v-agent.pyz --plan
+    """
+    from .agent_bundle import build_agent
+    try:
+        path = build_agent(output)
+    except OSError as e:
+        _fail(_emitter(False), _write_error(output, e))
+        return
+    click.echo(path)
+
+
+def _write_error(path: str, e: OSError) -> V2VError:
+    from .errors import OutputError
+    return OutputError("cannot write {}: {}".format(path, e.strerror or e))
+
+
 if __name__ == "__main__":
     main()

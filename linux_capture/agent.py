@@ -1,0 +1,269 @@
+"""The source-side agent: speaks the protocol on stdin/stdout and sends the disks' used blocks.
+
+Run as root on the source, by the converter over ssh (``python3 v2v-agent.pyz`` or the stdin bootstrap).
+``python3 v2v-agent.pyz --plan [--disk /dev/sdX ...]`` prints what would be copied, as JSON, and exits.
+Standard library only, Python 3.6+: nothing is installed on the source and no kernel module is loaded.
+"""
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, BinaryIO, Callable, Dict, List, Optional
+
+# Imported up front: the bootstrap removes the agent file once it is loaded, and nothing may be
+# read from a filesystem this process is about to freeze.
+import diskfmt.usedmap.ext4  # noqa: F401
+import diskfmt.usedmap.fat  # noqa: F401
+import diskfmt.usedmap.ntfs  # noqa: F401
+import diskfmt.usedmap.swap  # noqa: F401
+import diskfmt.usedmap.xfs  # noqa: F401
+
+from . import protocol
+from .consistency import ConsistencyError, DigestPass, DiskCapture, capture_disk, choose_mode, rw_mounts, thaw_all
+from .discover import Disk, DiscoveryError, discover, lvm_summary
+from .fsmap import map_disk
+
+AGENT_VERSION = "0.1.0"
+
+
+class TokenBucket:
+    """At most ``rate`` bytes a second on average, bursts of ``burst``; rate 0 means unlimited."""
+
+    def __init__(self, rate: float, burst: Optional[float] = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate = float(rate)
+        self.capacity = float(burst if burst is not None else max(self.rate / 4.0, 256 << 10))
+        self.tokens = self.capacity
+        self.clock = clock
+        self.sleep = sleep
+        self.stamp = clock()
+        self.slept = 0.0
+
+    def consume(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= n
+        if self.tokens < 0:
+            wait = -self.tokens / self.rate
+            self.sleep(wait)
+            self.slept += wait
+            self.tokens = 0.0
+            self.stamp = self.clock()
+
+
+class Wire:
+    """Frames out, throttled; compression is skipped for a while after data proves incompressible."""
+
+    def __init__(self, out: BinaryIO, codec: int = protocol.CODEC_ZLIB, level: int = 1,
+                 bandwidth: float = 0) -> None:
+        self.out = out
+        self.codec = codec
+        self.level = level
+        self.bucket = TokenBucket(bandwidth)
+        self.bytes_on_wire = 0
+        self.raw_bytes = 0
+        self.zero_bytes = 0
+        self.chunks = 0
+        self._skip_compress = 0
+
+    def write(self, frame: bytes) -> None:
+        self.bucket.consume(len(frame))
+        self.out.write(frame)
+        self.out.flush()
+        self.bytes_on_wire += len(frame)
+
+    def json(self, ftype: int, obj: Any, disk: int = 0) -> None:
+        self.write(protocol.encode_json(ftype, obj, disk))
+
+    def chunk(self, disk: int, offset: int, data: bytes, sha: bytes) -> None:
+        codec = self.codec
+        if codec != protocol.CODEC_NONE and self._skip_compress > 0:
+            self._skip_compress -= 1
+            codec = protocol.CODEC_NONE
+        frame = protocol.encode_chunk(disk, offset, data, codec, self.level, sha)
+        if codec != protocol.CODEC_NONE and frame[5] == protocol.CODEC_NONE and frame[4] == protocol.CHUNK:
+            self._skip_compress = 15          # incompressible: try again 16 chunks later
+        self.raw_bytes += len(data)
+        if frame[4] == protocol.ZERO:
+            self.zero_bytes += len(data)
+        self.chunks += 1
+        self.write(frame)
+
+
+def lower_io_priority() -> str:
+    """Idle IO class for this process (best effort); the line says what was done."""
+    numbers = {"x86_64": 251, "aarch64": 30, "i686": 289, "i386": 289, "ppc64le": 273, "s390x": 282}
+    nr = numbers.get(platform.machine())
+    if nr is not None:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.syscall(nr, 1, 0, 3 << 13) == 0:      # IOPRIO_WHO_PROCESS, self, IOPRIO_CLASS_IDLE
+                return "idle IO priority (ioprio_set)"
+        except (OSError, AttributeError, ImportError):
+            pass
+    try:
+        subprocess.run(["ionice", "-c", "3", "-p", str(os.getpid())], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=10, check=True)
+        return "idle IO priority (ionice)"
+    except (OSError, subprocess.SubprocessError):
+        return "IO priority unchanged (neither ioprio_set nor ionice worked)"
+
+
+def _statvfs_used(mountpoint: str) -> Optional[int]:
+    try:
+        st = os.statvfs(mountpoint)
+    except OSError:
+        return None
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def describe(disk: Disk) -> Dict[str, Any]:
+    return {"name": disk.name, "device": disk.device, "size": disk.size, "readonly": disk.readonly,
+            "model": disk.model,
+            "regions": [{"name": r.name, "device": r.device, "offset": r.offset, "size": r.size,
+                         "partition": r.partition, "holders": list(r.holders),
+                         "mounts": [{"mountpoint": m.mountpoint, "fstype": m.fstype, "readonly": m.readonly,
+                                     "df_used": _statvfs_used(m.mountpoint)} for m in r.mounts]}
+                        for r in disk.regions]}
+
+
+def plan(disk: Disk) -> Dict[str, Any]:
+    """What would be copied of ``disk`` and how, before anything is copied."""
+    mode, reason = choose_mode(disk)
+    live = {r.name: True for r, _, _ in rw_mounts(disk)}
+    extents, maps = map_disk(disk, live)
+    return {"device": disk.device, "size": disk.size, "mode": mode, "reason": reason,
+            "used_bytes": extents.total(),
+            "regions": [{"region": m.region, "fstype": m.fstype, "bytes": m.extents.total(), "exact": m.exact,
+                         "reason": m.reason} for m in maps]}
+
+
+def _make_tracker(disks: List[Disk], mode: str) -> Any:
+    if mode != "off":
+        try:
+            from .tracer import Tracer
+        except ImportError:
+            return DigestPass()
+        try:
+            return Tracer([d.device for d in disks])
+        except OSError:
+            pass
+    return DigestPass()
+
+
+def serve(inp: BinaryIO, out: BinaryIO) -> int:
+    """One capture session on a protocol stream; the exit code."""
+    reader = protocol.FrameReader(inp.read)
+    wire = Wire(out)
+    wire.json(protocol.HELLO, {"protocol": protocol.PROTOCOL_VERSION, "agent": AGENT_VERSION,
+                               "python": platform.python_version(), "host": platform.node(),
+                               "kernel": platform.release(), "uid": os.getuid()})
+    frame = reader.read_frame()
+    if frame is None or frame.type != protocol.OPTIONS:
+        raise protocol.CorruptFrame("expected OPTIONS from the converter")
+    opts = protocol.decode_json(frame)
+    if os.getuid() != 0:
+        raise PermissionError("the agent must run as root to read disks and freeze filesystems")
+    wire.codec = protocol.CODECS[opts.get("compress", "zlib")]
+    wire.level = int(opts.get("level", 1))
+    wire.bucket = TokenBucket(float(opts.get("bandwidth", 0)))
+    chunk = int(opts.get("chunk", 1 << 20))
+    notes = [lower_io_priority()]
+    lvm = lvm_summary()
+    if lvm:
+        notes.append(lvm + "; LVM snapshot mode is not implemented, filesystems are frozen instead")
+    disks = discover(opts.get("disks") or None)
+    if not disks:
+        raise DiscoveryError("no disks found to capture")
+    wire.json(protocol.DISCOVERY, {"disks": [describe(d) for d in disks], "notes": notes})
+    for i, d in enumerate(disks):
+        wire.json(protocol.PLAN, plan(d), disk=i)
+    if opts.get("dry_run"):
+        wire.json(protocol.END, {"dry_run": True})
+        return 0
+    have: Dict[int, Dict[Any, bytes]] = {}
+    while True:
+        frame = reader.read_frame()
+        if frame is None:
+            return 0
+        if frame.type == protocol.GO:
+            break
+        if frame.type != protocol.HAVE:
+            raise protocol.CorruptFrame("expected HAVE or GO, got {}".format(protocol.frame_name(frame.type)))
+        have[frame.disk] = {(o, n): sha for o, n, sha in protocol.decode_have(frame)}
+    tracker = _make_tracker(disks, opts.get("tracing", "auto"))
+    wire.json(protocol.INFO, {"kind": "tracking", "message": "change tracking: {}".format(tracker.name)})
+    reports = []
+    try:
+        for i, d in enumerate(disks):
+            def send(off: int, data: bytes, sha: bytes, i: int = i) -> None:
+                wire.chunk(i, off, data, sha)
+
+            def note(kind: str, message: str, i: int = i, **fields: Any) -> None:
+                wire.json(protocol.INFO, dict(fields, kind=kind, message=message), disk=i)
+
+            cap = DiskCapture(d, send, note, have.get(i, {}), chunk)
+            try:
+                rep = capture_disk(cap, tracker, float(opts.get("max_freeze", 2.0)),
+                                   int(opts.get("max_rounds", 4)))
+            finally:
+                cap.close()
+            reports.append(rep._asdict())
+            wire.json(protocol.INFO, {"kind": "disk-done", "message": "{} captured ({})".format(d.device, rep.mode),
+                                      "report": rep._asdict()}, disk=i)
+    finally:
+        tracker.close()
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    wire.json(protocol.END, {"bytes_on_wire": wire.bytes_on_wire, "raw_bytes": wire.raw_bytes,
+                             "zero_bytes": wire.zero_bytes, "chunks": wire.chunks,
+                             "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 3),
+                             "throttled_seconds": round(wire.bucket.slept, 3), "disks": reports})
+    return 0
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    thaw_all()                       # first, before anything that could block
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, _on_signal)
+    if "--version" in argv:
+        print("v2v-agent {} (protocol {})".format(AGENT_VERSION, protocol.PROTOCOL_VERSION))
+        return 0
+    if "--plan" in argv:
+        names = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--disk"]
+        try:
+            disks = discover(names or None)
+            print(json.dumps({"disks": [describe(d) for d in disks], "plans": [plan(d) for d in disks]},
+                             indent=2, sort_keys=True))
+        except OSError as e:
+            sys.stderr.write("v2v-agent: error: {}\n".format(e))
+            return 1
+        return 0
+    out = sys.stdout.buffer
+    sys.stdout = sys.stderr          # a stray print must not corrupt the frame stream
+    try:
+        return serve(sys.stdin.buffer, out)
+    except (BrokenPipeError, ConnectionResetError):
+        return 1                     # the converter went away; the finally blocks have thawed
+    except (OSError, ValueError, ConsistencyError, protocol.ProtocolError) as e:
+        try:
+            out.write(protocol.encode_json(protocol.ERROR, {"message": str(e), "kind": type(e).__name__}))
+            out.flush()
+        except OSError:
+            pass
+        sys.stderr.write("v2v-agent: error: {}\n".format(e))
+        return 1
+    finally:
+        thaw_all()

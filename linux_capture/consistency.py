@@ -1,0 +1,293 @@
+"""Consistent copies of disks in use, chosen per disk and reported (DESIGN section 6).
+
+offline          nothing on the disk is mounted read-write: copied as it is, in one pass.
+freeze-converge  copy the used blocks live; find what changed since (tracefs block_rq_complete, or a
+                 second digest pass over the used chunks when tracing is unavailable); re-copy until
+                 the dirty bytes converge (bounded rounds); then FIFREEZE every read-write filesystem of
+                 the disk for at most ``max_freeze`` seconds, map the used blocks again (a mounted ext4's
+                 bitmaps lag its journal), read the last dirty chunks into memory, FITHAW, and send them.
+                 The thaw runs in ``finally``, from a watchdog timer, and on SIGTERM/SIGHUP/broken pipe.
+LVM snapshots are not implemented: volumes under device-mapper are copied with freeze-converge of the
+filesystems mounted from the disk's own partitions, and are otherwise sent whole and live (reported).
+Standard library only, Python 3.6+.
+"""
+import errno
+import fcntl
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+from diskfmt.extents import ExtentList
+
+from . import protocol
+from .discover import Disk, Region
+from .fsmap import DiskReader, RegionMap, chunks, map_disk
+
+FIFREEZE = 0xC0045877     # _IOWR('X', 119, int)
+FITHAW = 0xC0045878       # _IOWR('X', 120, int)
+
+MAX_ROUNDS = 4
+CONVERGED_BYTES = 16 << 20        # dirty bytes small enough to copy under the freeze
+FREEZE_MEMORY = 512 << 20         # dirty data held in memory while frozen
+FREEZE_ATTEMPTS = 2
+
+Key = Tuple[int, int]
+SendFn = Callable[[int, bytes, bytes], None]       # (offset, data, sha256)
+NoteFn = Callable[..., None]                       # note(kind, message, **fields)
+
+
+class ConsistencyError(RuntimeError):
+    """A consistent copy could not be made within the limits given."""
+
+
+def rw_mounts(disk: Disk) -> List[Tuple[Region, str, str]]:
+    """(region, mountpoint, fstype) of every read-write mount of the disk's own partitions."""
+    found = []
+    for r in disk.regions:
+        seen = set()
+        for m in r.mounts:
+            if not m.readonly and m.mountpoint not in seen:
+                seen.add(m.mountpoint)
+                found.append((r, m.mountpoint, m.fstype))
+                break        # one mountpoint freezes the filesystem; bind mounts share it
+    return found
+
+
+def choose_mode(disk: Disk) -> Tuple[str, str]:
+    """(mode, one-line reason) for a disk."""
+    rw = rw_mounts(disk)
+    held = [h for r in disk.regions for h in r.holders]
+    if rw:
+        return "freeze-converge", "mounted read-write: {}".format(", ".join(mp for _, mp, _ in rw)) + (
+            "; {} under device-mapper copied live (LVM snapshot mode not implemented)".format(", ".join(held))
+            if held else "")
+    if held:
+        return "offline", "in use by {} (LVM snapshot mode not implemented): copied as it is".format(
+            ", ".join(held))
+    if any(m for r in disk.regions for m in r.mounts):
+        return "offline", "mounted read-only: copied as it is"
+    return "offline", "not mounted: copied as it is"
+
+
+_frozen_lock = threading.Lock()
+_frozen: Dict[str, int] = {}           # mountpoint -> fd, for the emergency thaw
+
+
+def thaw_all() -> List[str]:
+    """FITHAW every filesystem this process froze; safe to call from signal handlers and twice."""
+    thawed = []
+    with _frozen_lock:
+        items = list(_frozen.items())
+        _frozen.clear()
+    for mp, fd in items:
+        try:
+            fcntl.ioctl(fd, FITHAW, 0)
+            thawed.append(mp)
+        except OSError:
+            pass            # EINVAL: not frozen (any more)
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    return thawed
+
+
+class Freeze:
+    """FIFREEZE the mountpoints on entry; FITHAW on exit, and from a watchdog after ``limit`` seconds."""
+
+    def __init__(self, mountpoints: List[str], limit: float) -> None:
+        self.mountpoints = mountpoints
+        self.limit = limit
+        self.unsupported: List[str] = []
+        self.frozen: List[str] = []
+        self.seconds = 0.0
+        self.expired = threading.Event()
+        self._t0 = 0.0
+        self._timer: Optional[threading.Timer] = None
+
+    def __enter__(self) -> "Freeze":
+        self._t0 = time.monotonic()
+        self._timer = threading.Timer(self.limit + 0.5, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        try:
+            for mp in self.mountpoints:
+                fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    fcntl.ioctl(fd, FIFREEZE, 0)
+                except OSError as e:
+                    os.close(fd)
+                    if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+                        self.unsupported.append(mp)
+                        continue
+                    raise
+                with _frozen_lock:
+                    _frozen[mp] = fd
+                self.frozen.append(mp)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _expire(self) -> None:
+        self.expired.set()
+        thaw_all()
+
+    def remaining(self) -> float:
+        return self.limit - (time.monotonic() - self._t0)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        thaw_all()
+        self.seconds = time.monotonic() - self._t0
+
+
+class DigestPass:
+    """No write tracing: every pass reads and digests every used chunk."""
+    name = "digest pass"
+
+    def take(self) -> Optional[ExtentList]:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class DiskReport(NamedTuple):
+    mode: str
+    reason: str
+    tracking: str
+    rounds: Tuple[int, ...]           # bytes sent per pass (the first is the full copy)
+    freeze_seconds: float
+    frozen: Tuple[str, ...]
+    not_frozen: Tuple[str, ...]       # read-write filesystems that refused FIFREEZE (FUSE ...)
+    used_bytes: int
+    maps: Tuple[Dict[str, Any], ...]
+    consistent: bool
+
+
+def _map_json(rm: RegionMap) -> Dict[str, Any]:
+    return {"region": rm.region, "fstype": rm.fstype, "bytes": rm.extents.total(), "exact": rm.exact,
+            "reason": rm.reason}
+
+
+class DiskCapture:
+    """Copies one disk into ``send``, remembering the digest of every chunk the converter holds."""
+
+    def __init__(self, disk: Disk, send: SendFn, note: NoteFn, have: Dict[Key, bytes],
+                 chunk: int = protocol.MAX_CHUNK // 16) -> None:
+        self.disk = disk
+        self.send = send
+        self.note = note
+        self.held = dict(have)        # (offset, length) -> sha256 the converter has verified
+        self.chunk = chunk
+        self.reader = DiskReader(disk)
+        self.live = {r.name: True for r, _, _ in rw_mounts(disk)}
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def map(self, live: bool) -> Tuple[ExtentList, List[RegionMap]]:
+        return map_disk(self.disk, self.live if live else {})
+
+    def _candidates(self, extents: ExtentList, changed: Optional[ExtentList]) -> List[Key]:
+        keys = list(chunks(extents, self.disk.size, self.chunk))
+        if changed is None:
+            return keys
+        return [k for k in keys if k not in self.held or changed.clip(k[0], k[0] + k[1])]
+
+    def copy_pass(self, extents: ExtentList, changed: Optional[ExtentList]) -> int:
+        """Send every chunk whose bytes differ from what the converter holds; bytes sent."""
+        sent = 0
+        for off, n in self._candidates(extents, changed):
+            data = self.reader.read(off, n)
+            if len(data) != n:
+                raise OSError(errno.EIO, "short read of {} at offset {} ({} of {} bytes)".format(
+                    self.disk.device, off, len(data), n))
+            sha = protocol.digest(data)
+            if self.held.get((off, n)) == sha:
+                continue
+            self.send(off, data, sha)
+            self.held[(off, n)] = sha
+            sent += n
+        return sent
+
+    def frozen_pass(self, fz: Freeze, extents: ExtentList,
+                    changed: Optional[ExtentList]) -> Tuple[List[Tuple[int, bytes, bytes]], bool]:
+        """Read the chunks that changed into memory while frozen; (pending, complete)."""
+        pending: List[Tuple[int, bytes, bytes]] = []
+        held = 0
+        for off, n in self._candidates(extents, changed):
+            if fz.remaining() <= 0 or fz.expired.is_set() or held > FREEZE_MEMORY:
+                return pending, False
+            data = self.reader.read(off, n)
+            sha = protocol.digest(data)
+            if self.held.get((off, n)) != sha:
+                pending.append((off, data, sha))
+                held += n
+        return pending, not fz.expired.is_set() and fz.remaining() > 0
+
+
+def capture_disk(cap: DiskCapture, tracker: Any, max_freeze: float, max_rounds: int = MAX_ROUNDS) -> DiskReport:
+    """Copy the disk with the mode ``choose_mode`` picks; the report says what was done."""
+    disk = cap.disk
+    mode, reason = choose_mode(disk)
+    rounds: List[int] = []
+    if mode == "offline":
+        extents, maps = cap.map(live=False)
+        rounds.append(cap.copy_pass(extents, None))
+        cap.note("round", "offline copy of {}: {} bytes sent".format(disk.device, rounds[-1]),
+                 disk=disk.device, sent=rounds[-1])
+        return DiskReport(mode, reason, "none", tuple(rounds), 0.0, (), (), extents.total(),
+                          tuple(_map_json(m) for m in maps), True)
+    mountpoints = [mp for _, mp, _ in rw_mounts(disk)]
+    tracker.take()                                   # writes before the first pass are read by it
+    extents, maps = cap.map(live=True)
+    rounds.append(cap.copy_pass(extents, None))
+    cap.note("round", "live copy of {}: {} bytes sent".format(disk.device, rounds[-1]), disk=disk.device,
+             sent=rounds[-1])
+    freeze_seconds = 0.0
+    consistent = False
+    fz = Freeze(mountpoints, max_freeze)
+    for attempt in range(FREEZE_ATTEMPTS):
+        while len(rounds) < max_rounds:
+            changed = tracker.take()
+            extents, maps = cap.map(live=True)
+            dirty = cap.copy_pass(extents, changed)
+            rounds.append(dirty)
+            cap.note("round", "converge round {} of {} ({}): {} bytes re-sent".format(
+                len(rounds) - 1, disk.device, tracker.name, dirty), disk=disk.device, sent=dirty)
+            if dirty <= CONVERGED_BYTES:
+                break
+        fz = Freeze(mountpoints, max_freeze)
+        with fz:
+            changed = tracker.take()
+            extents, maps = cap.map(live=True)
+            pending, complete = cap.frozen_pass(fz, extents, changed)
+        freeze_seconds = fz.seconds
+        for off, data, sha in pending:
+            cap.send(off, data, sha)
+            cap.held[(off, len(data))] = sha
+        rounds.append(sum(len(d) for _, d, _ in pending))
+        cap.note("freeze", "{} frozen {:.3f}s ({}), {} bytes copied from the frozen state{}".format(
+            ", ".join(fz.frozen) or "nothing", fz.seconds, tracker.name, rounds[-1],
+            "" if complete else ": INCOMPLETE, over --max-freeze"),
+            disk=disk.device, seconds=round(fz.seconds, 4), frozen=fz.frozen, sent=rounds[-1],
+            complete=complete)
+        if complete:
+            consistent = not fz.unsupported
+            break
+        max_rounds = len(rounds) + 2
+    else:
+        raise ConsistencyError(
+            "{}: the dirty chunks could not be read within --max-freeze {:g}s ({} tried {} times); the "
+            "filesystems were thawed; raise --max-freeze or capture when the host is quieter".format(
+                disk.device, max_freeze, tracker.name, FREEZE_ATTEMPTS))
+    if fz.unsupported:
+        reason += "; {} cannot be frozen (FIFREEZE unsupported): copied live, converged but not " \
+                  "crash-consistent".format(", ".join(fz.unsupported))
+    return DiskReport(mode, reason, tracker.name, tuple(rounds), round(freeze_seconds, 4), tuple(fz.frozen),
+                      tuple(fz.unsupported), extents.total(), tuple(_map_json(m) for m in maps), consistent)

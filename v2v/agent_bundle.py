@@ -1,0 +1,78 @@
+"""v2v-agent.pyz: the agent (linux_capture + diskfmt) in one file, and the bootstrap that runs it over ssh.
+
+The bootstrap is the remote command: ``python3 -c BOOTSTRAP SIZE ARGS``. It reads SIZE bytes of pyz from
+stdin, loads the agent from a private temporary file (removed at once), and leaves the rest of stdin to
+the protocol. It checks the Python version first, in syntax that even Python 2 parses.
+"""
+import io
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("linux_capture", "diskfmt")
+_EPOCH = (2020, 1, 1, 0, 0, 0)       # fixed timestamps: the same sources give the same bytes
+
+MAIN = b"import sys\nfrom linux_capture.agent import main\nsys.exit(main())\n"
+
+BOOTSTRAP = (
+    "import sys\n"
+    "if sys.version_info < (3, 6):\n"
+    "    sys.stderr.write('v2v-agent: error: the source has Python %s; the agent needs Python 3.6 or newer\\n'"
+    " % sys.version.split()[0])\n"
+    "    sys.exit(3)\n"
+    "import os, tempfile\n"
+    "n = int(sys.argv[1])\n"
+    "data = sys.stdin.buffer.read(n)\n"
+    "if len(data) != n:\n"
+    "    sys.stderr.write('v2v-agent: error: agent cut short on stdin\\n')\n"
+    "    sys.exit(4)\n"
+    "fd, path = tempfile.mkstemp(prefix='v2v-agent-', suffix='.pyz')\n"
+    "try:\n"
+    "    os.write(fd, data)\n"
+    "    os.close(fd)\n"
+    "    sys.path.insert(0, path)\n"
+    "    from linux_capture import agent\n"
+    "finally:\n"
+    "    os.unlink(path)\n"
+    "sys.exit(agent.main(sys.argv[2:]))\n"
+)
+
+
+def _sources() -> List[Path]:
+    files: List[Path] = []
+    for pkg in PACKAGES:
+        files.extend(p for p in sorted((ROOT / pkg).rglob("*.py")) if "__pycache__" not in p.parts)
+    return files
+
+
+def agent_bytes() -> bytes:
+    """The pyz archive: a shebang line, then a zip of the bundled packages and __main__.py."""
+    buf = io.BytesIO()
+    buf.write(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(zipfile.ZipInfo("__main__.py", _EPOCH), MAIN, zipfile.ZIP_DEFLATED)
+        for path in _sources():
+            info = zipfile.ZipInfo(path.relative_to(ROOT).as_posix(), _EPOCH)
+            info.external_attr = 0o644 << 16
+            z.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
+
+
+def build_agent(path: Optional[str] = None) -> str:
+    """Write v2v-agent.pyz (executable) to ``path``, atomically; returns the path."""
+    target = os.path.abspath(path or "v2v-agent.pyz")
+    data = agent_bytes()
+    fd, tmp = tempfile.mkstemp(prefix=".v2v-agent-", dir=os.path.dirname(target))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
