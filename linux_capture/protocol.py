@@ -47,6 +47,7 @@ class ProtocolError(ValueError):
 
 class TruncatedFrame(ProtocolError):
     """The stream ended inside a frame (a dropped connection)."""
+    partial = b""
 
 
 class CorruptFrame(ProtocolError):
@@ -213,7 +214,9 @@ class FrameReader:
         data = b"".join(parts)
         self.position += len(data)
         if len(data) != n and (data or what != "header"):
-            raise TruncatedFrame("stream ends inside {} ({} of {} bytes)".format(what, len(data), n))
+            err = TruncatedFrame("stream ends inside {} ({} of {} bytes)".format(what, len(data), n))
+            err.partial = data
+            raise err
         return data
 
     def read_frame(self) -> Optional[Frame]:
@@ -232,14 +235,18 @@ class FrameReader:
             raise CorruptFrame("{} frame for disk {} claims {} payload bytes (at most {})".format(
                 frame_name(ftype), disk, length, limit))
         what = "a {} frame for disk {}".format(frame_name(ftype), disk)
-        payload = self._exact(length, what)
+        try:
+            payload = self._exact(length, what)
+        except TruncatedFrame as e:
+            if ftype in (CHUNK, ZERO) and len(e.partial) >= 8:
+                what = "a {} frame for {}".format(frame_name(ftype), _where(disk, struct.unpack_from(">Q", e.partial)[0]))
+                raise TruncatedFrame("stream ends inside {} ({} of {} bytes)".format(what, len(e.partial), length)) \
+                    from None
+            raise
         offset = _CHUNK.unpack_from(payload)[0] if ftype in (CHUNK, ZERO) and length >= _CHUNK.size else None
         if offset is not None:
             what = "a {} frame for {}".format(frame_name(ftype), _where(disk, offset))
-        try:
-            (crc,) = _CRC.unpack(self._exact(_CRC.size, what))
-        except TruncatedFrame as e:
-            raise TruncatedFrame(str(e)) from None
+        (crc,) = _CRC.unpack(self._exact(_CRC.size, what))
         if crc != zlib.crc32(payload, zlib.crc32(head)) & 0xFFFFFFFF:
             raise CorruptFrame("checksum mismatch in {}".format(what))
         return Frame(ftype, codec, disk, payload)

@@ -32,3 +32,33 @@ def test_agent_side_code_runs_on_python_3_6():
                          "diskfmt", "linux_capture", "v2v/errors.py"], cwd=ROOT, stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT, text=True)
     assert cp.returncode == 0, cp.stdout
+
+
+def test_agent_pyz_is_python_3_6_standard_library_only(tmp_path):
+    """The built v2v-agent.pyz holds linux_capture and diskfmt, imports nothing else, and passes vermin 3.6."""
+    import ast
+    import zipfile
+
+    from v2v.agent_bundle import agent_bytes, build_agent
+    assert agent_bytes() == agent_bytes(), "the agent build is not reproducible"
+    pyz = build_agent(str(tmp_path / "v2v-agent.pyz"))
+    with zipfile.ZipFile(pyz) as z:
+        names = z.namelist()
+        z.extractall(str(tmp_path / "x"))
+    assert "__main__.py" in names and "linux_capture/agent.py" in names and "diskfmt/usedmap/ext4.py" in names
+    bundled = {"linux_capture", "diskfmt"}
+    foreign = set()
+    for path in (tmp_path / "x").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for m in mods:
+                top = m.split(".")[0]
+                if top not in bundled and top not in sys.stdlib_module_names:
+                    foreign.add("{}: {}".format(path.relative_to(tmp_path / "x"), m))
+    assert not foreign, "the agent imports outside the standard library: {}".format(sorted(foreign))
+    cp = subprocess.run([_tool("vermin"), "--target=3.6-", "--no-tips", "--violations", "--eval-annotations",
+                         str(tmp_path / "x")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert cp.returncode == 0, cp.stdout
+    ver = subprocess.run([sys.executable, pyz, "--version"], stdout=subprocess.PIPE, text=True, timeout=60)
+    assert ver.returncode == 0 and ver.stdout.startswith("v2v-agent ")
