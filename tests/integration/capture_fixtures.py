@@ -140,6 +140,8 @@ def sha_tree(root: str) -> Dict[str, str]:
 def loop_fs(fstype: str, size: int = 96 * MiB, seed: int = 1, mount: bool = True,
             partitioned: bool = False) -> Iterator[LoopFs]:
     """A filesystem on a loop device over a sparse file, with known files written (and synced)."""
+    if fstype == "xfs":
+        size = max(size, 320 * MiB)     # mkfs.xfs refuses filesystems under 300 MB
     d = tempfile.mkdtemp(prefix="v2v-loopfs-", dir="/var/tmp")
     image = os.path.join(d, "fs.img")
     mnt = os.path.join(d, "mnt")
