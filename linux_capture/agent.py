@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, BinaryIO, Callable, Dict, List, Optional
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
 # Imported up front: the bootstrap removes the agent file once it is loaded, and nothing may be
 # read from a filesystem this process is about to freeze.
@@ -26,6 +26,7 @@ from . import protocol
 from .consistency import ConsistencyError, DigestPass, DiskCapture, capture_disk, choose_mode, rw_mounts, thaw_all
 from .discover import Disk, DiscoveryError, discover, lvm_summary
 from .fsmap import map_disk
+from .tracer import Tracer
 
 AGENT_VERSION = "0.1.0"
 
@@ -146,17 +147,14 @@ def plan(disk: Disk) -> Dict[str, Any]:
                          "reason": m.reason} for m in maps]}
 
 
-def _make_tracker(disks: List[Disk], mode: str) -> Any:
-    if mode != "off":
-        try:
-            from .tracer import Tracer
-        except ImportError:
-            return DigestPass()
-        try:
-            return Tracer([d.device for d in disks])
-        except OSError:
-            pass
-    return DigestPass()
+def _make_tracker(disks: List[Disk], mode: str) -> Tuple[Any, str]:
+    """The write tracker, and why the digest pass is used when it is."""
+    if mode == "off":
+        return DigestPass(), "tracing off (--tracing off)"
+    try:
+        return Tracer([d.device for d in disks]), ""
+    except OSError as e:
+        return DigestPass(), "tracefs unavailable ({}): digest passes instead".format(e)
 
 
 def serve(inp: BinaryIO, out: BinaryIO) -> int:
@@ -199,8 +197,9 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         if frame.type != protocol.HAVE:
             raise protocol.CorruptFrame("expected HAVE or GO, got {}".format(protocol.frame_name(frame.type)))
         have[frame.disk] = {(o, n): sha for o, n, sha in protocol.decode_have(frame)}
-    tracker = _make_tracker(disks, opts.get("tracing", "auto"))
-    wire.json(protocol.INFO, {"kind": "tracking", "message": "change tracking: {}".format(tracker.name)})
+    tracker, why = _make_tracker(disks, opts.get("tracing", "auto"))
+    wire.json(protocol.INFO, {"kind": "tracking", "message": "change tracking: {}{}".format(
+        tracker.name, "; " + why if why else "")})
     reports = []
     try:
         for i, d in enumerate(disks):

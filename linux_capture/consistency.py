@@ -149,7 +149,7 @@ class DigestPass:
     """No write tracing: every pass reads and digests every used chunk."""
     name = "digest pass"
 
-    def take(self) -> Optional[ExtentList]:
+    def take(self, device: Optional[str] = None) -> Optional[ExtentList]:
         return None
 
     def close(self) -> None:
@@ -167,6 +167,7 @@ class DiskReport(NamedTuple):
     used_bytes: int
     maps: Tuple[Dict[str, Any], ...]
     consistent: bool
+    full_passes: int = 0              # passes that read every chunk (digest pass, or trace events lost)
 
 
 def _map_json(rm: RegionMap) -> Dict[str, Any]:
@@ -242,19 +243,21 @@ def capture_disk(cap: DiskCapture, tracker: Any, max_freeze: float, max_rounds: 
         cap.note("round", "offline copy of {}: {} bytes sent".format(disk.device, rounds[-1]),
                  disk=disk.device, sent=rounds[-1])
         return DiskReport(mode, reason, "none", tuple(rounds), 0.0, (), (), extents.total(),
-                          tuple(_map_json(m) for m in maps), True)
+                          tuple(_map_json(m) for m in maps), True, 1)
     mountpoints = [mp for _, mp, _ in rw_mounts(disk)]
-    tracker.take()                                   # writes before the first pass are read by it
+    tracker.take(disk.device)                                   # writes before the first pass are read by it
     extents, maps = cap.map(live=True)
     rounds.append(cap.copy_pass(extents, None))
     cap.note("round", "live copy of {}: {} bytes sent".format(disk.device, rounds[-1]), disk=disk.device,
              sent=rounds[-1])
     freeze_seconds = 0.0
     consistent = False
+    full = 1                                         # the first copy reads everything
     fz = Freeze(mountpoints, max_freeze)
     for attempt in range(FREEZE_ATTEMPTS):
         while len(rounds) < max_rounds:
-            changed = tracker.take()
+            changed = tracker.take(disk.device)
+            full += changed is None
             extents, maps = cap.map(live=True)
             dirty = cap.copy_pass(extents, changed)
             rounds.append(dirty)
@@ -264,7 +267,8 @@ def capture_disk(cap: DiskCapture, tracker: Any, max_freeze: float, max_rounds: 
                 break
         fz = Freeze(mountpoints, max_freeze)
         with fz:
-            changed = tracker.take()
+            changed = tracker.take(disk.device)
+            full += changed is None
             extents, maps = cap.map(live=True)
             pending, complete = cap.frozen_pass(fz, extents, changed)
         freeze_seconds = fz.seconds
@@ -290,4 +294,5 @@ def capture_disk(cap: DiskCapture, tracker: Any, max_freeze: float, max_rounds: 
         reason += "; {} cannot be frozen (FIFREEZE unsupported): copied live, converged but not " \
                   "crash-consistent".format(", ".join(fz.unsupported))
     return DiskReport(mode, reason, tracker.name, tuple(rounds), round(freeze_seconds, 4), tuple(fz.frozen),
-                      tuple(fz.unsupported), extents.total(), tuple(_map_json(m) for m in maps), consistent)
+                      tuple(fz.unsupported), extents.total(), tuple(_map_json(m) for m in maps), consistent,
+                      full)

@@ -236,8 +236,11 @@ def test_files_finished_before_the_freeze_verify_while_a_writer_runs(sshd, out, 
         assert len(complete) >= 5, "the writer did not get going before the freeze"
         for sha, name in complete:
             assert files.get(name) == sha, "{} was finished before the freeze but does not verify".format(name)
+        if disk["tracking"].startswith("tracefs"):
+            assert disk["full_passes"] == 1, "trace events were lost: {} full passes".format(disk["full_passes"])
         report("writer: {} files written, {} complete before the freeze, all verify; rounds {}, freeze {:.3f}s "
-               "({})".format(len(written), len(complete), disk["rounds"], disk["freeze_seconds"], disk["tracking"]))
+               "({}, {} full passes)".format(len(written), len(complete), disk["rounds"], disk["freeze_seconds"],
+                                             disk["tracking"], disk["full_passes"]))
 
 
 def _children(pid):
