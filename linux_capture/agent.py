@@ -60,7 +60,7 @@ class TokenBucket:
 
 
 class Wire:
-    """Frames out, throttled; compression is skipped for a while after data proves incompressible."""
+    """Frames out, throttled; a chunk whose sample does not compress is sent raw."""
 
     def __init__(self, out: BinaryIO, codec: int = protocol.CODEC_ZLIB, level: int = 1,
                  bandwidth: float = 0) -> None:
@@ -72,7 +72,6 @@ class Wire:
         self.raw_bytes = 0
         self.zero_bytes = 0
         self.chunks = 0
-        self._skip_compress = 0
 
     def write(self, frame: bytes) -> None:
         self.bucket.consume(len(frame))
@@ -84,13 +83,8 @@ class Wire:
         self.write(protocol.encode_json(ftype, obj, disk))
 
     def chunk(self, disk: int, offset: int, data: bytes, sha: bytes) -> None:
-        codec = self.codec
-        if codec != protocol.CODEC_NONE and self._skip_compress > 0:
-            self._skip_compress -= 1
-            codec = protocol.CODEC_NONE
+        codec = self.codec if protocol.worth_compressing(data, self.codec, self.level) else protocol.CODEC_NONE
         frame = protocol.encode_chunk(disk, offset, data, codec, self.level, sha)
-        if codec != protocol.CODEC_NONE and frame[5] == protocol.CODEC_NONE and frame[4] == protocol.CHUNK:
-            self._skip_compress = 15          # incompressible: try again 16 chunks later
         self.raw_bytes += len(data)
         if frame[4] == protocol.ZERO:
             self.zero_bytes += len(data)

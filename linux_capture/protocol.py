@@ -103,8 +103,24 @@ def digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+_ZEROS = bytes(1 << 20)
+
+
 def is_zero(data: bytes) -> bool:
+    if len(data) <= len(_ZEROS):
+        return data == _ZEROS[:len(data)] if data[:1] == b"\x00" else False
     return not data.strip(b"\x00")
+
+
+def worth_compressing(data: bytes, codec: int, level: int = 1, sample: int = 32768) -> bool:
+    """A sample from the middle of the data shrinks by at least 5 % (random data is sent raw)."""
+    if codec == CODEC_NONE:
+        return False
+    if len(data) <= 2 * sample:
+        return True
+    mid = len(data) // 2
+    part = data[mid:mid + sample]
+    return len(zlib.compress(part, 1)) < 0.95 * len(part)
 
 
 def encode_chunk(disk: int, offset: int, data: bytes, codec: int = CODEC_ZLIB, level: int = 1,

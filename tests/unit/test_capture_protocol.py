@@ -154,17 +154,23 @@ def test_token_bucket_holds_the_average_rate():
     unlimited.consume(1 << 30)
 
 
-def test_wire_stops_compressing_incompressible_data_for_a_while():
+def test_wire_sends_random_data_raw_and_text_compressed():
     out = io.BytesIO()
     w = Wire(out, protocol.CODEC_ZLIB)
-    rnd = os.urandom(65536)
+    rnd = os.urandom(1 << 20)
+    text = _text(1 << 20, 6)
     w.chunk(0, 0, rnd, protocol.digest(rnd))
-    assert w._skip_compress == 15
-    text = _text(65536, 6)
-    w.chunk(0, 65536, text, protocol.digest(text))
+    w.chunk(0, 1 << 20, text, protocol.digest(text))
     frames = _frames(out.getvalue())
-    assert [f.codec for f in frames] == [protocol.CODEC_NONE, protocol.CODEC_NONE]
+    assert [f.codec for f in frames] == [protocol.CODEC_NONE, protocol.CODEC_ZLIB]
     assert [protocol.decode_chunk(f).data for f in frames] == [rnd, text]
+    assert len(out.getvalue()) < len(rnd) + len(text) // 2
+
+
+def test_zero_detection():
+    assert protocol.is_zero(bytes(4096)) and protocol.is_zero(bytes(3 << 20))
+    assert not protocol.is_zero(bytes(4095) + b"\x01") and not protocol.is_zero(b"\x01" + bytes(4095))
+    assert not protocol.is_zero(bytes(3 << 20) + b"\x01")
 
 
 def test_chunks_are_aligned_and_cut_at_chunk_boundaries():

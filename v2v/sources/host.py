@@ -97,7 +97,9 @@ def ssh_argv(t: HostTarget, o: CaptureOptions, remote: str) -> List[str]:
             "-o", "StrictHostKeyChecking={}".format("accept-new" if o.ssh_accept_new else "yes"),
             "-o", "ConnectTimeout={}".format(o.ssh_timeout),
             "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6",
-            "-o", "Compression=no", "-o", "LogLevel=ERROR"]
+            "-o", "Compression=no", "-o", "LogLevel=ERROR",
+            # AES-GCM first: with AES-NI it moves about 1.6x the bytes of chacha20 per core
+            "-o", "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com"]
     if o.ssh_key:
         argv += ["-i", o.ssh_key, "-o", "IdentitiesOnly=yes"]
     if o.ssh_known_hosts:
@@ -429,7 +431,7 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
         received = resent = 0
         seen = set()
         reports: List[Dict[str, Any]] = []
-        last_info = time.monotonic()
+        last_info = last_progress = time.monotonic()
         t_copy = time.monotonic()
         while True:
             f = next_frame()
@@ -445,8 +447,10 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
                 seen.add(key)
                 received += c.length
                 total = max(total, received)
-                events.progress("capture", received, total)
                 now = time.monotonic()
+                if now - last_progress >= 0.2:
+                    last_progress = now
+                    events.progress("capture", received, total)
                 if now - last_info >= PROGRESS_SECONDS:
                     last_info = now
                     rate = received / max(1e-6, now - t_copy)
