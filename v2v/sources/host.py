@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -123,7 +124,8 @@ class Staging:
         self.created_dir = not os.path.isdir(path)
         os.makedirs(path, exist_ok=True)
         self.created: List[str] = []
-        self.db = sqlite3.connect(os.path.join(path, MANIFEST), isolation_level=None)
+        # used by one thread at a time: the receiving thread, or the _Writer while it runs
+        self.db = sqlite3.connect(os.path.join(path, MANIFEST), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -240,6 +242,49 @@ class Staging:
                 os.unlink(p)
 
 
+class _Writer:
+    """Writes verified chunks into the staging images on a thread of its own, so that writing (new
+    page-cache pages are slow to fault in) overlaps receiving and verifying the next chunks."""
+
+    def __init__(self, staging: Staging, depth: int = 8) -> None:
+        self.staging = staging
+        self.q: "queue.Queue[Optional[protocol.Chunk]]" = queue.Queue(depth)
+        self.error: Optional[BaseException] = None
+        self.resent = 0
+        self.seen: set = set()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            c = self.q.get()
+            if c is None:
+                return
+            if self.error is not None:
+                continue                     # keep draining so that put() never blocks forever
+            try:
+                key = (c.disk, c.offset, c.length)
+                if self.staging.write(c) and key not in self.seen:
+                    self.resent += c.length
+                self.seen.add(key)
+            except BaseException as e:       # handed to the receiving thread by put()/close()
+                self.error = e
+
+    def put(self, c: protocol.Chunk) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(c)
+
+    def close(self) -> None:
+        """Wait for every queued chunk to be written; raise what the writer hit."""
+        if self.thread.is_alive():
+            self.q.put(None)
+            self.thread.join()
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+
 class _Session:
     """The ssh child: frames in from its stdout, frames out to its stdin, its stderr kept for errors."""
 
@@ -354,6 +399,7 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
         target, "accept-new" if o.ssh_accept_new else "on"))
     s = _Session(ssh_argv(target, o, remote), o.idle_timeout)
     staging: Optional[Staging] = None
+    writer: Optional[_Writer] = None
     keep = ok = False
     started = False
     where = ""
@@ -428,8 +474,8 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
 
         events.stage("capture", "capturing {} disk(s) from {} into {}".format(len(plans), target, staging.path))
         total = max(1, sum(p["used_bytes"] for p in plans) - skipped)
-        received = resent = 0
-        seen = set()
+        received = 0
+        writer = _Writer(staging)
         reports: List[Dict[str, Any]] = []
         last_info = last_progress = time.monotonic()
         t_copy = time.monotonic()
@@ -441,10 +487,7 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
                 except protocol.CorruptFrame as e:
                     raise IntegrityError("from {}: {}".format(target, e)) from None
                 where = "disk {} offset {}".format(c.disk, c.offset)
-                key = (c.disk, c.offset, c.length)
-                if staging.write(c) and key not in seen:
-                    resent += c.length
-                seen.add(key)
+                writer.put(c)
                 received += c.length
                 total = max(total, received)
                 now = time.monotonic()
@@ -467,6 +510,8 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
             else:
                 raise IntegrityError("from {}: unexpected {} frame during the capture".format(
                     target, protocol.frame_name(f.type)))
+        writer.close()
+        resent = writer.resent
         staging.finish()
         s.close()
         events.progress("capture", total, total)
@@ -485,6 +530,8 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
         return report
     except TransportError as e:
         keep = staging is not None
+        if writer is not None:
+            writer.close()                   # what was received is written and recorded before we stop
         if staging is not None:
             staging.commit()
             raise TransportError("{}{}; {} verified are kept in {}".format(
@@ -497,6 +544,11 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
         raise OutputError("staging {}: {}".format(staging.path if staging else "", e)) from None
     finally:
         s.close(kill=True)
+        if writer is not None:
+            try:
+                writer.close()
+            except BaseException:
+                pass
         if staging is not None:
             if ok or keep:
                 staging.close()
