@@ -537,8 +537,18 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
             raise TransportError("{}{}; {} verified are kept in {}".format(
                 e, " at " + where if where else "", _human(staging.held_bytes()), staging.path)) from None
         raise
-    except (Interrupted, KeyboardInterrupt):
+    except (Interrupted, KeyboardInterrupt) as e:
         keep = staging is not None
+        if writer is not None:
+            try:
+                writer.close()
+            except BaseException:
+                pass
+        if staging is not None:
+            staging.commit()
+            msg = str(e).split(";")[0] if isinstance(e, Interrupted) else "interrupted"
+            raise Interrupted("{}; {} verified are kept in {} (rerun the same command to resume)".format(
+                msg, _human(staging.held_bytes()), staging.path)) from None
         raise
     except OSError as e:
         raise OutputError("staging {}: {}".format(staging.path if staging else "", e)) from None
