@@ -25,7 +25,7 @@ import diskfmt.usedmap.xfs  # noqa: F401
 from . import protocol
 from .consistency import ConsistencyError, DigestPass, DiskCapture, capture_disk, choose_mode, rw_mounts, thaw_all
 from .discover import Disk, DiscoveryError, discover, lvm_summary
-from .fsmap import map_disk
+from .fsmap import map_disk, table_partitions
 from .tracer import Tracer
 
 AGENT_VERSION = "0.1.0"
@@ -172,7 +172,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     lvm = lvm_summary()
     if lvm:
         notes.append(lvm + "; LVM snapshot mode is not implemented, filesystems are frozen instead")
-    disks = discover(opts.get("disks") or None)
+    disks = [table_partitions(d) for d in discover(opts.get("disks") or None)]
     if not disks:
         raise DiscoveryError("no disks found to capture")
     wire.json(protocol.DISCOVERY, {"disks": [describe(d) for d in disks], "notes": notes})
@@ -237,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "--plan" in argv:
         names = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--disk"]
         try:
-            disks = discover(names or None)
+            disks = [table_partitions(d) for d in discover(names or None)]
             print(json.dumps({"disks": [describe(d) for d in disks], "plans": [plan(d) for d in disks]},
                              indent=2, sort_keys=True))
         except OSError as e:

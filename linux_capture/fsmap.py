@@ -11,7 +11,10 @@ import mmap
 import os
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
+from diskfmt.errors import FormatError
 from diskfmt.extents import ExtentList
+from diskfmt.gpt import read_gpt
+from diskfmt.mbr import is_extended_type, read_mbr
 from diskfmt.usedmap import map_filesystem
 
 from .discover import Disk, Region
@@ -123,6 +126,36 @@ def map_disk(disk: Disk, live_regions: Dict[str, bool]) -> Tuple[ExtentList, Lis
         maps.append(rm)
         extents = extents.subtract(ExtentList([(region.offset, region.offset + region.size)])).union(rm.extents)
     return extents.clip(0, disk.size), maps
+
+
+def table_partitions(disk: Disk) -> Disk:
+    """The disk with the partitions of its own MBR/GPT when the kernel lists none (a loop device without
+    partition scanning, a kernel without that table's parser); they are read through the disk node."""
+    if len(disk.regions) != 1 or disk.regions[0].partition:
+        return disk
+    whole = disk.regions[0]
+    if whole.mounts or whole.holders:
+        return disk                  # the kernel uses the whole disk as one volume
+    reader = DeviceReader(disk.device)
+    try:
+        try:
+            mbr = read_mbr(reader.read, disk.size)
+            if mbr.protective:
+                gpt = read_gpt(reader.read, disk.size)
+                spans = [(p.number, p.first_lba * gpt.sector_size, (p.last_lba - p.first_lba + 1) * gpt.sector_size)
+                         for p in gpt.partitions]
+            else:
+                spans = [(p.number, p.start_lba * mbr.sector_size, p.sectors * mbr.sector_size)
+                         for p in mbr.partitions if not is_extended_type(p.type_id)]
+        except FormatError:
+            return disk
+    finally:
+        reader.close()
+    if not spans:
+        return disk
+    regions = tuple(Region("{}:{}".format(disk.name, n), "", off, size, (), (), True)
+                    for n, off, size in sorted(spans, key=lambda s: s[1]))
+    return disk._replace(regions=regions)
 
 
 def chunks(extents: ExtentList, size: int, chunk: int = CHUNK) -> Iterator[Tuple[int, int]]:
