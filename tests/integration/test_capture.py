@@ -185,7 +185,9 @@ def _df_used(fs):
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def test_files_finished_before_the_freeze_verify_while_a_writer_runs(sshd, out, report):
+@pytest.mark.parametrize("tracing", ["auto", "off"])
+def test_files_finished_before_the_freeze_verify_while_a_writer_runs(sshd, out, report, tracing):
+    """With the tracefs tracer (auto, where tracefs works) and with digest passes only (off)."""
     need("mkfs.ext4")
     with loop_fs("ext4", size=160 * MiB) as fs:
         stop = threading.Event()
@@ -215,7 +217,7 @@ def test_files_finished_before_the_freeze_verify_while_a_writer_runs(sshd, out, 
         th.start()
         try:
             time.sleep(0.3)
-            cp, events, result = _capture(sshd, fs, os.path.join(out, "cap"))
+            cp, events, result = _capture(sshd, fs, os.path.join(out, "cap"), "--tracing", tracing)
         finally:
             stop.set()
             th.join(timeout=90)
@@ -236,6 +238,8 @@ def test_files_finished_before_the_freeze_verify_while_a_writer_runs(sshd, out, 
         assert len(complete) >= 5, "the writer did not get going before the freeze"
         for sha, name in complete:
             assert files.get(name) == sha, "{} was finished before the freeze but does not verify".format(name)
+        if tracing == "off":
+            assert disk["tracking"] == "digest pass" and disk["full_passes"] == len(disk["rounds"])
         if disk["tracking"].startswith("tracefs"):
             assert disk["full_passes"] == 1, "trace events were lost: {} full passes".format(disk["full_passes"])
         report("writer: {} files written, {} complete before the freeze, all verify; rounds {}, freeze {:.3f}s "
