@@ -493,3 +493,40 @@ def test_sigterm_to_the_converter_keeps_what_was_verified_for_a_rerun(sshd, out)
         cp, events, result = _capture(sshd, fs, dest)
         assert cp.returncode == 0, cp.stderr
         assert result["capture"]["resumed"] and result["capture"]["skipped_bytes"] > 16 * MiB
+
+
+def test_staging_that_fills_up_during_the_capture_is_one_line_error_and_removed(sshd, out):
+    need("mkfs.ext4")
+    small = os.path.join(out, "small")
+    os.makedirs(small)
+    run("mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", small)
+    try:
+        with loop_fs("ext4", size=128 * MiB) as fs:
+            with open(os.path.join(fs.mountpoint, "random.bin"), "wb") as f:
+                f.write(os.urandom(40 * MiB))
+            run("sync")
+            dest = os.path.join(small, "cap")
+            argv = [sys.executable, "-m", "v2v", "convert", "host", *sshd.args(), "--disk", fs.device,
+                    "--capture-only", "--out", dest, "--json", "--bandwidth", "8M"]
+            p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 cwd=str(Path(__file__).resolve().parents[2]))
+            try:
+                for line in p.stdout:
+                    if '"progress"' in line:
+                        # something else takes the rest of the space while the capture runs
+                        subprocess.run(["dd", "if=/dev/zero", "of=" + os.path.join(small, "other"), "bs=1M"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+                        break
+                stderr = p.communicate(timeout=120)[1]
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(timeout=30)
+            lines = [ln for ln in stderr.splitlines() if ln.startswith("v2v: error:")]
+            assert p.returncode == 1 and len(lines) == 1, stderr
+            assert "staging directory {} is full".format(dest) in lines[0], lines[0]
+            assert not os.path.exists(dest), "a half-written capture was left behind"
+            time.sleep(3)
+            assert writable(fs.mountpoint)
+    finally:
+        run("umount", small)

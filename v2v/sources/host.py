@@ -552,6 +552,8 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
         raise
     except OSError as e:
         raise OutputError("staging {}: {}".format(staging.path if staging else "", e)) from None
+    except sqlite3.Error as e:
+        raise OutputError("staging manifest in {}: {}".format(staging.path if staging else "", e)) from None
     finally:
         s.close(kill=True)
         if writer is not None:
