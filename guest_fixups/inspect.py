@@ -64,19 +64,26 @@ def inspect(app: Appliance, disks: Sequence[SourceDisk]) -> Guest:
         kernels=kernels,
         applications=apps,
         disks=tuple(disks),
-        **(_windows(g, root) if ostype == "windows" else {}),
+        **(_windows(app, root) if ostype == "windows" else {}),
     )
 
 
-def _windows(g, root: str) -> dict:
+def _windows(app: Appliance, root: str) -> dict:
+    """Windows facts the fixups need: the systemroot, Server or Client, and the build number (which tells
+    Windows 11 from 10 and 2019 from 2016: their ProductName and version are the same)."""
+    g = app.g
+    systemroot = g.inspect_get_windows_systemroot(root)
     build = ""
     try:
-        build = g.inspect_get_build_id(root)
-    except (RuntimeError, AttributeError):   # older libguestfs: no build id
-        pass
-    return {"windows_systemroot": g.inspect_get_windows_systemroot(root),
+        build = g.inspect_get_build_id(root)          # libguestfs >= 1.50
+    except (RuntimeError, AttributeError):
+        from .windows.registry import read_guest_hive
+        with read_guest_hive(app, systemroot.rstrip("/") + "/System32/config/SOFTWARE") as software:
+            key = "Microsoft\\Windows NT\\CurrentVersion"
+            build = str(software.get(key, "CurrentBuildNumber") or software.get(key, "CurrentBuild") or "")
+    return {"windows_systemroot": systemroot,
             "product_variant": g.inspect_get_product_variant(root),
-            "build": build if build not in ("unknown",) else ""}
+            "build": build if build.isdigit() else ""}
 
 
 def _firmware(app: Appliance, ostype: str) -> str:

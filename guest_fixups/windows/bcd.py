@@ -29,6 +29,7 @@ ELEMENT_DESCRIPTION = 0x12000004
 ELEMENT_DEFAULT_OBJECT = 0x23000003
 ELEMENT_OS_DEVICE = 0x21000001
 
+OBJECT_OS_LOADER = 0x10200003   # Windows Boot Loader (winload), WinRE's ramdisk loader included
 OBJECT_RESUME = 0x10200004
 
 WELL_KNOWN = {
@@ -134,6 +135,11 @@ def describe_bcd(hive: Hive) -> List[BcdObject]:
     """Every object of the store, in key order. Raises FixupError when ``hive`` is not a BCD store."""
     check_store(hive)
     return [_object(hive, guid) for guid in hive.subkeys("Objects")]
+
+
+def os_loaders(hive: Hive) -> List[BcdObject]:
+    """The Windows Boot Loader objects of the store (an OS entry of bcdedit, or WinRE's)."""
+    return [obj for obj in describe_bcd(hive) if obj.type == OBJECT_OS_LOADER]
 
 
 def default_loader(hive: Hive) -> Optional[str]:

@@ -6,7 +6,8 @@ mounteddevices); this module decides what applies and moves files and hives in a
 """
 import ntpath
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from diskfmt import gpt as gptfmt
@@ -122,7 +123,7 @@ def refusal(app: Appliance, guest: Optional[Guest]) -> Optional[str]:
 def convert(app: Appliance, guest: Guest, plan: WindowsPlan, dry_run: bool = False) -> List[FixLine]:
     """Every Windows fixup; FixLine per step ('would' lines when dry_run, which writes nothing)."""
     changed = "would" if dry_run else "changed"
-    lines: List[FixLine] = []
+    lines = _TimedLines()
     sel = plan.selection
     boot = virtio.boot_driver(sel, plan.disk_bus) if sel is not None else None
     copies = virtio.driver_file_copies(sel, boot) if sel is not None else []
@@ -181,8 +182,22 @@ def convert(app: Appliance, guest: Guest, plan: WindowsPlan, dry_run: bool = Fal
         _upload(app, guest, extra)
     if boot is not None:
         lines.append(_winre(app, guest, boot, dry_run))
-    lines += _fix_bcd(app, guest, dry_run)
-    return lines
+    for line in _fix_bcd(app, guest, dry_run):
+        lines.append(line)
+    return list(lines)
+
+
+class _TimedLines(List[FixLine]):
+    """FixLines that each get the seconds since the previous one was added (the time of its step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = time.monotonic()
+
+    def append(self, line: FixLine) -> None:
+        now = time.monotonic()
+        super().append(replace(line, seconds=round(now - self._last, 1)))
+        self._last = now
 
 
 def _winre(app: Appliance, guest: Guest, boot: catalogmod.Driver, dry_run: bool) -> FixLine:
@@ -220,7 +235,10 @@ def _fix_bcd(app: Appliance, guest: Guest, dry_run: bool) -> List[FixLine]:
                     if real is None:
                         continue
                     with edit_guest_hive(app, real, dry_run=dry_run) as store:
-                        bcd.check_store(store)
+                        if not bcd.os_loaders(store):
+                            raise FixupError("the BCD store {} on {} has no Windows Boot Loader entry, so the "
+                                             "guest cannot boot; repair it in Windows (bcdboot C:\\Windows) "
+                                             "before converting".format(real, part))
                         mapping = _repair_mapping(_bcd_locations(store), targets)
                         out = bcd.rewrite_bcd(store, mapping) if mapping else []
                     if out:

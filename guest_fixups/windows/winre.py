@@ -286,8 +286,9 @@ def _locate_partition(g, loc: WinreLocation) -> Optional[Tuple[str, Optional[str
     for part, disk in candidates:
         if _disk_matches(g, disk, loc):
             return part, mounted.get(part)
-    # an id that matches no disk (a changed signature) with a single partition at that offset: trust it
-    if len(candidates) == 1 and loc.disk_id == 0 and loc.disk_guid == ZERO_GUID:
+    # an MBR signature that matches no disk (unset, or changed by a cloning tool or by Windows itself on a
+    # collision) with a single MBR partition at that offset: trust it. A GPT disk GUID is kept as it is.
+    if len(candidates) == 1 and loc.disk_guid == ZERO_GUID and g.part_get_parttype(candidates[0][1]) == "msdos":
         part = candidates[0][0]
         return part, mounted.get(part)
     return None
