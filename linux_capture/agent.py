@@ -190,7 +190,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
             break
         if frame.type != protocol.HAVE:
             raise protocol.CorruptFrame("expected HAVE or GO, got {}".format(protocol.frame_name(frame.type)))
-        have[frame.disk] = {(o, n): sha for o, n, sha in protocol.decode_have(frame)}
+        have.setdefault(frame.disk, {}).update(((o, n), sha) for o, n, sha in protocol.decode_have(frame))
     tracker, why = _make_tracker(disks, opts.get("tracing", "auto"))
     wire.json(protocol.INFO, {"kind": "tracking", "message": "change tracking: {}{}".format(
         tracker.name, "; " + why if why else "")})

@@ -183,10 +183,24 @@ class DiskCapture:
         self.disk = disk
         self.send = send
         self.note = note
-        self.held = dict(have)        # (offset, length) -> sha256 the converter has verified
+        self.held: Dict[Key, bytes] = {}     # (offset, length) -> sha256 the converter has verified
+        self._cells: Dict[int, List[Key]] = {}
         self.chunk = chunk
         self.reader = DiskReader(disk)
         self.live = {r.name: True for r, _, _ in rw_mounts(disk)}
+        for (off, n), sha in have.items():
+            self.remember(off, n, sha)
+
+    def remember(self, off: int, n: int, sha: bytes) -> None:
+        """The converter now holds these bytes: any other chunk it held that overlaps them is stale."""
+        cell = self._cells.setdefault(off // self.chunk, [])
+        for key in list(cell):
+            if key != (off, n) and key[0] < off + n and off < key[0] + key[1]:
+                cell.remove(key)
+                self.held.pop(key, None)
+        if (off, n) not in self.held:
+            cell.append((off, n))
+        self.held[(off, n)] = sha
 
     def close(self) -> None:
         self.reader.close()
@@ -212,7 +226,7 @@ class DiskCapture:
             if self.held.get((off, n)) == sha:
                 continue
             self.send(off, data, sha)
-            self.held[(off, n)] = sha
+            self.remember(off, n, sha)
             sent += n
         return sent
 
@@ -274,7 +288,7 @@ def capture_disk(cap: DiskCapture, tracker: Any, max_freeze: float, max_rounds: 
         freeze_seconds = fz.seconds
         for off, data, sha in pending:
             cap.send(off, data, sha)
-            cap.held[(off, len(data))] = sha
+            cap.remember(off, len(data), sha)
         rounds.append(sum(len(d) for _, d, _ in pending))
         cap.note("freeze", "{} frozen {:.3f}s ({}), {} bytes copied from the frozen state{}".format(
             ", ".join(fz.frozen) or "nothing", fz.seconds, tracker.name, rounds[-1],

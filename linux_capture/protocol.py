@@ -198,8 +198,13 @@ def decode_json(frame: Frame) -> Dict[str, Any]:
 
 
 def encode_have(disk: int, entries: Iterable[Tuple[int, int, bytes]]) -> bytes:
-    """A HAVE frame: (offset, length, sha256) of every chunk of ``disk`` the converter holds verified."""
-    return encode_frame(HAVE, b"".join(_HAVE_ENTRY.pack(o, n, d) for o, n, d in entries), disk)
+    """HAVE frames: (offset, length, sha256) of every chunk of ``disk`` the converter holds verified;
+    as many frames as needed (the agent merges them), always at least one."""
+    per_frame = MAX_HAVE_PAYLOAD // _HAVE_ENTRY.size
+    items = list(entries)
+    frames = [encode_frame(HAVE, b"".join(_HAVE_ENTRY.pack(o, n, d) for o, n, d in items[i:i + per_frame]), disk)
+              for i in range(0, len(items), per_frame)]
+    return b"".join(frames) or encode_frame(HAVE, b"", disk)
 
 
 def decode_have(frame: Frame) -> List[Tuple[int, int, bytes]]:

@@ -1,0 +1,78 @@
+"""The agent's copy passes on a file that stands in for a disk (no root): only chunks whose bytes differ
+from what the converter holds are sent, and a chunk replaces every held chunk it overlaps."""
+import os
+
+from diskfmt.extents import ExtentList
+from linux_capture import protocol
+from linux_capture.consistency import DiskCapture, capture_disk, choose_mode, DigestPass
+from linux_capture.discover import Disk, Region
+
+MiB = 1 << 20
+
+
+def _disk(path, size):
+    return Disk("file", path, size, False, "", (Region("file", path, 0, size, (), (), False),))
+
+
+def _capture(tmp_path, data, have=None):
+    path = str(tmp_path / "disk.img")
+    with open(path, "wb") as f:
+        f.write(data)
+    sent = []
+    cap = DiskCapture(_disk(path, len(data)), lambda off, d, sha: sent.append((off, d, sha)),
+                      lambda *a, **k: None, have or {})
+    return path, cap, sent
+
+
+def test_second_pass_sends_only_the_changed_chunk(tmp_path):
+    data = os.urandom(4 * MiB)
+    path, cap, sent = _capture(tmp_path, data)
+    try:
+        whole = ExtentList([(0, len(data))])
+        assert cap.copy_pass(whole, None) == 4 * MiB
+        assert [off for off, _, _ in sent] == [0, MiB, 2 * MiB, 3 * MiB]
+        assert all(sha == protocol.digest(d) for _, d, sha in sent)
+        with open(path, "r+b") as f:
+            f.seek(2 * MiB + 12345)
+            f.write(b"\xff")
+        del sent[:]
+        assert cap.copy_pass(whole, None) == MiB
+        assert [off for off, _, _ in sent] == [2 * MiB]
+        assert cap.copy_pass(whole, None) == 0
+    finally:
+        cap.close()
+
+
+def test_held_digests_from_an_earlier_run_are_not_sent_again(tmp_path):
+    data = os.urandom(2 * MiB)
+    have = {(0, MiB): protocol.digest(data[:MiB]), (MiB, MiB): protocol.digest(b"stale")}
+    path, cap, sent = _capture(tmp_path, data, have)
+    try:
+        assert cap.copy_pass(ExtentList([(0, len(data))]), None) == MiB
+        assert [off for off, _, _ in sent] == [MiB]
+    finally:
+        cap.close()
+
+
+def test_a_sent_chunk_forgets_the_held_chunks_it_overlaps(tmp_path):
+    data = bytes(range(256)) * (MiB // 256)
+    path, cap, sent = _capture(tmp_path, data)
+    try:
+        cap.remember(0, 8192, b"a" * 32)
+        cap.remember(MiB - 4096, 4096, b"b" * 32)
+        cap.remember(0, 4096, b"c" * 32)
+        assert set(cap.held) == {(0, 4096), (MiB - 4096, 4096)}
+    finally:
+        cap.close()
+
+
+def test_an_unmounted_disk_is_copied_offline_in_one_pass(tmp_path):
+    data = os.urandom(MiB) + bytes(MiB)
+    path, cap, sent = _capture(tmp_path, data)
+    try:
+        assert choose_mode(cap.disk) == ("offline", "not mounted: copied as it is")
+        rep = capture_disk(cap, DigestPass(), max_freeze=2.0)
+        assert rep.mode == "offline" and rep.rounds == (2 * MiB,) and rep.consistent
+        assert b"".join(d for _, d, _ in sorted(sent)) == data
+    finally:
+        cap.close()
