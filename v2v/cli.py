@@ -261,7 +261,7 @@ def _bandwidth(text: Optional[str]) -> int:
 @convert.command("host", context_settings=CONTEXT)
 @click.argument("target", metavar="USER@HOST[:PORT]")
 @click.option("--to", "to", type=click.Choice(["libvirt", "local"]), help="Where the result goes.")
-@click.option("--name", help="Name of the converted guest (default: the host name).")
+@click.option("--name", help="Name of the converted guest (default: the source's host name).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="--to local: directory for disks and XML (with --capture-only: for the raw images).")
 @click.option("--storage", type=click.Path(file_okay=False), help="--to libvirt: directory for the disks.")
@@ -340,7 +340,7 @@ def convert_host(target: str, to: Optional[str], name: Optional[str], out_dir: O
                 _print_capture(report)
             return
         opts = ConvertOptions(
-            output=OutputOptions(kind=to or "local", name=name or t.host, format=out_format, out_dir=out_dir,
+            output=OutputOptions(kind=to or "local", name=name or "", format=out_format, out_dir=out_dir,
                                  storage=storage, uri=uri, network=network, bridge=bridge, overwrite=overwrite),
             memory_mib=memory_mib, vcpus=vcpus, mac=mac.lower() if mac else None, verify_boot=verify_boot,
             boot_timeout=boot_timeout, workdir=workdir)

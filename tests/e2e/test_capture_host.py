@@ -6,6 +6,7 @@ Not the booted-source variant of issue 5 (a qemu guest running sshd as the sourc
 the capture): that one is not written yet. Only 127.0.0.1 is used.
 """
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -72,14 +73,16 @@ def test_captured_guest_disk_is_block_identical_converts_and_boots(foreign_guest
             shutil.rmtree(cap_dir)
 
             out = os.path.join(work, "out")
-            cp = v2v("convert", "host", *sshd.args(), "--disk", dev, "--to", "local", "--out", out, "--name",
-                     "captured1", "--workdir", work, "--verify-boot", "--json", timeout=3600)
+            # no --name: the guest is named after the source's host name (here: this machine)
+            cp = v2v("convert", "host", *sshd.args(), "--disk", dev, "--to", "local", "--out", out, "--workdir",
+                     work, "--verify-boot", "--json", timeout=3600)
             assert cp.returncode == 0, cp.stderr[-3000:]
             result = json_events(cp)[-1]
             assert result["guest"]["distro"] == "debian"
             assert {ln["name"] for ln in result["fixes"]["lines"]} >= {"fstab", "initramfs", "bootloader"}
             assert result["boot"]["ok"], result["boot"]
-            assert os.path.exists(os.path.join(out, "captured1.xml"))
+            name = platform.node().split(".")[0]
+            assert result["name"] == name and os.path.exists(os.path.join(out, name + ".xml"))
             assert not [d for d in os.listdir(work) if d.startswith("v2v-capture-")], "staging was left behind"
             with capsys.disabled():
                 print("\n    [capture e2e] {:.0f} MiB used of {:.0f} MiB, {:.1f} MiB on the wire, {:.0f} MiB compared "

@@ -91,7 +91,8 @@ class CaptureReport:
     resent_bytes: int                      # sent again although an earlier run had written them
     resumed: bool
     seconds: float
-    agent: Dict[str, Any] = field(default_factory=dict)
+    agent: Dict[str, Any] = field(default_factory=dict)   # the agent's END summary (CPU, wire bytes ...)
+    hostname: str = ""                                      # as the source reports it
 
 
 def ssh_argv(t: HostTarget, o: CaptureOptions, remote: str) -> List[str]:
@@ -474,7 +475,7 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
             _expect(next_frame(), protocol.END)
             s.close()
             return CaptureReport(str(target), "", (), (), tuple(plans), 0, s.reader.position, 0, 0, False,
-                                 time.monotonic() - t0)
+                                 time.monotonic() - t0, hostname=str(hello.get("host", "")))
 
         staging = Staging(staging_dir(target, o, workdir))
         layout = [{"device": p["device"], "size": p["size"]} for p in plans]
@@ -547,7 +548,8 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
                     ", ".join(rep["not_frozen"])))
         images = tuple(staging.image(i) for i in range(len(plans)))
         report = CaptureReport(str(target), staging.path, images, tuple(reports), tuple(plans), received,
-                               s.reader.position, skipped, resent, resumed, time.monotonic() - t0, end)
+                               s.reader.position, skipped, resent, resumed, time.monotonic() - t0, end,
+                               str(hello.get("host", "")))
         events.info("captured {} ({} on the wire{}{}) in {:.1f}s; agent CPU {:.1f}s".format(
             _human(received), _human(report.wire_bytes),
             ", {} skipped as verified earlier".format(_human(skipped)) if resumed else "",
@@ -608,6 +610,9 @@ def convert_host(target: HostTarget, copts: CaptureOptions, opts: Any, events: E
     report = capture(target, copts, events, opts.workdir)
     if copts.dry_run:
         return report, None
+    if not opts.output.name:
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", report.hostname.split(".")[0]) or target.host
+        opts = replace(opts, output=replace(opts.output, name=name))
     try:
         result = convert(list(report.images), replace(opts, input_format="raw"), events)
     except V2VError:
