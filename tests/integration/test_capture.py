@@ -530,3 +530,43 @@ def test_staging_that_fills_up_during_the_capture_is_one_line_error_and_removed(
             assert writable(fs.mountpoint)
     finally:
         run("umount", small)
+
+
+@pytest.mark.parametrize("label", ["dos", "gpt"])
+def test_partitions_from_the_disks_own_table_when_the_kernel_lists_none(sshd, out, report, label):
+    """A loop device without partition scanning: the agent reads the MBR/GPT itself (diskfmt), maps the
+    ext4 and swap partitions, and sends the table, the gaps and the mapped blocks."""
+    need("sfdisk", "mkfs.ext4", "mkswap")
+    image = os.path.join(out, "disk.img")
+    with open(image, "wb") as f:
+        f.truncate(160 * MiB)
+    run("sfdisk", "-q", image, input="label: {}\n1MiB,120MiB,L\n,,S\n".format(label).encode())
+    run("mkfs.ext4", "-q", "-F", "-E", "offset={}".format(MiB), image, str(120 * 1024))
+    swap = os.path.join(out, "swap.img")
+    with open(swap, "wb") as f:
+        f.truncate(30 * MiB)
+    run("mkswap", swap)
+    run("dd", "if=" + swap, "of=" + image, "bs=1M", "seek=121", "conv=notrunc,sparse")
+    dev = run("losetup", "-f", "--show", image).stdout.decode().strip()
+    try:
+        name = os.path.basename(dev)
+        assert not [n for n in os.listdir("/sys/block/" + name) if n.startswith(name + "p")]   # no kernel partitions
+        cp, events, result = _capture(sshd, type("Fs", (), {"device": dev})(), os.path.join(out, "cap"))
+        assert cp.returncode == 0, cp.stderr
+        plan = result["capture"]["plans"][0]
+        assert [(r["fstype"], r["exact"]) for r in plan["regions"]] == [("ext4", True), ("swap", True)]
+        assert plan["used_bytes"] < 40 * MiB
+        captured = result["capture"]["images"][0]
+        with open(image, "rb") as f:
+            def read(o, n):
+                f.seek(o)
+                return f.read(n)
+            ext = map_filesystem(lambda o, n: read(MiB + o, n), 120 * MiB)
+            swp = map_filesystem(lambda o, n: read(121 * MiB + o, n), 30 * MiB)
+        assert (ext.fstype, swp.fstype) == ("ext4", "swap")
+        used = ext.extents.shift(MiB).union(swp.extents.shift(121 * MiB))
+        outside = used.__class__([(0, MiB)])          # the table and the gap before the first partition
+        assert compare_used(image, captured, used.union(outside)) == used.union(outside).total()
+        report("{} table read by the agent: {:.1f} MiB to send of 160 MiB".format(label, plan["used_bytes"] / MiB))
+    finally:
+        subprocess.run(["losetup", "-d", dev], timeout=60)
