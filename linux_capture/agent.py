@@ -125,6 +125,8 @@ def describe(disk: Disk) -> Dict[str, Any]:
             "model": disk.model,
             "regions": [{"name": r.name, "device": r.device, "offset": r.offset, "size": r.size,
                          "partition": r.partition, "holders": list(r.holders),
+                         "holder_mounts": [{"mountpoint": m.mountpoint, "fstype": m.fstype, "readonly": m.readonly,
+                                            "source": m.source} for m in r.holder_mounts],
                          "mounts": [{"mountpoint": m.mountpoint, "fstype": m.fstype, "readonly": m.readonly,
                                      "df_used": _statvfs_used(m.mountpoint)} for m in r.mounts]}
                         for r in disk.regions]}
@@ -133,7 +135,7 @@ def describe(disk: Disk) -> Dict[str, Any]:
 def plan(disk: Disk) -> Dict[str, Any]:
     """What would be copied of ``disk`` and how, before anything is copied."""
     mode, reason = choose_mode(disk)
-    live = {r.name: True for r, _, _ in rw_mounts(disk)}
+    live = {r.name: True for r, _, _ in rw_mounts(disk, holders=False)}
     extents, maps = map_disk(disk, live)
     return {"device": disk.device, "size": disk.size, "mode": mode, "reason": reason,
             "used_bytes": extents.total(),

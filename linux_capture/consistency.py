@@ -41,16 +41,17 @@ class ConsistencyError(RuntimeError):
     """A consistent copy could not be made within the limits given."""
 
 
-def rw_mounts(disk: Disk) -> List[Tuple[Region, str, str]]:
-    """(region, mountpoint, fstype) of every read-write mount of the disk's own partitions."""
+def rw_mounts(disk: Disk, holders: bool = True) -> List[Tuple[Region, str, str]]:
+    """(region, mountpoint, fstype) of every read-write filesystem on the disk: mounted from its own
+    partitions, and (``holders``) from device-mapper volumes on them (LVM, crypt)."""
     found = []
     for r in disk.regions:
-        seen = set()
-        for m in r.mounts:
-            if not m.readonly and m.mountpoint not in seen:
-                seen.add(m.mountpoint)
-                found.append((r, m.mountpoint, m.fstype))
-                break        # one mountpoint freezes the filesystem; bind mounts share it
+        by_source: Dict[str, Tuple[Region, str, str]] = {}
+        for m in r.mounts + (r.holder_mounts if holders else ()):
+            # one mountpoint per filesystem: bind mounts of it share the one freeze
+            if not m.readonly and m.source not in by_source:
+                by_source[m.source] = (r, m.mountpoint, m.fstype)
+        found.extend(by_source.values())
     return found
 
 
@@ -60,8 +61,8 @@ def choose_mode(disk: Disk) -> Tuple[str, str]:
     held = [h for r in disk.regions for h in r.holders]
     if rw:
         return "freeze-converge", "mounted read-write: {}".format(", ".join(mp for _, mp, _ in rw)) + (
-            "; {} under device-mapper copied live (LVM snapshot mode not implemented)".format(", ".join(held))
-            if held else "")
+            "; {} (device-mapper) sent whole, its filesystems frozen (LVM snapshot mode not implemented)".format(
+                ", ".join(held)) if held else "")
     if held:
         return "offline", "in use by {} (LVM snapshot mode not implemented): copied as it is".format(
             ", ".join(held))
@@ -187,7 +188,7 @@ class DiskCapture:
         self._cells: Dict[int, List[Key]] = {}
         self.chunk = chunk
         self.reader = DiskReader(disk)
-        self.live = {r.name: True for r, _, _ in rw_mounts(disk)}
+        self.live = {r.name: True for r, _, _ in rw_mounts(disk, holders=False)}
         for (off, n), sha in have.items():
             self.remember(off, n, sha)
 

@@ -29,6 +29,7 @@ class Region(NamedTuple):
     mounts: Tuple[Mount, ...]
     holders: Tuple[str, ...]   # dm-* devices on top (LVM, crypt)
     partition: bool
+    holder_mounts: Tuple[Mount, ...]   # filesystems mounted from those dm devices (or from dm on top of them)
 
 
 class Disk(NamedTuple):
@@ -108,10 +109,24 @@ def _holders(sysdir: str) -> Tuple[str, ...]:
         return ()
 
 
+def _holder_mounts(holders: Tuple[str, ...], mounts: Dict[str, List[Mount]], depth: int = 0) -> List[Mount]:
+    """Mounts of the dm devices stacked on a region, followed up the stack (LV on crypt on PV ...)."""
+    found: List[Mount] = []
+    if depth > 8:
+        return found
+    for h in holders:
+        hdir = os.path.join(SYS_BLOCK, h)
+        found.extend(mounts.get(_read(os.path.join(hdir, "dev")), ()))
+        found.extend(_holder_mounts(_holders(hdir), mounts, depth + 1))
+    return found
+
+
 def _region(sysdir: str, name: str, offset: int, size: int, partition: bool,
             mounts: Dict[str, List[Mount]]) -> Region:
     majmin = _read(os.path.join(sysdir, "dev"))
-    return Region(name, _dev_node(name), offset, size, tuple(mounts.get(majmin, ())), _holders(sysdir), partition)
+    holders = _holders(sysdir)
+    return Region(name, _dev_node(name), offset, size, tuple(mounts.get(majmin, ())), holders, partition,
+                  tuple(_holder_mounts(holders, mounts)))
 
 
 def read_disk(name: str, mounts: Dict[str, List[Mount]]) -> Disk:

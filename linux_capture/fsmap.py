@@ -153,7 +153,7 @@ def table_partitions(disk: Disk) -> Disk:
         reader.close()
     if not spans:
         return disk
-    regions = tuple(Region("{}:{}".format(disk.name, n), "", off, size, (), (), True)
+    regions = tuple(Region("{}:{}".format(disk.name, n), "", off, size, (), (), True, ())
                     for n, off, size in sorted(spans, key=lambda s: s[1]))
     return disk._replace(regions=regions)
 

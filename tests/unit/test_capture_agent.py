@@ -11,7 +11,7 @@ MiB = 1 << 20
 
 
 def _disk(path, size):
-    return Disk("file", path, size, False, "", (Region("file", path, 0, size, (), (), False),))
+    return Disk("file", path, size, False, "", (Region("file", path, 0, size, (), (), False, ()),))
 
 
 def _capture(tmp_path, data, have=None):
@@ -76,3 +76,28 @@ def test_an_unmounted_disk_is_copied_offline_in_one_pass(tmp_path):
         assert b"".join(d for _, d, _ in sorted(sent)) == data
     finally:
         cap.close()
+
+
+def test_filesystems_on_lvm_volumes_of_a_disk_are_frozen_with_it(tmp_path, monkeypatch):
+    """A PV partition held by dm-0 (an LV) which holds dm-1 (crypt): mounts found up the stack (a sysfs
+    tree laid out as the kernel's); the disk is then freeze-converge with those mountpoints."""
+    from linux_capture import discover
+    from linux_capture.consistency import rw_mounts
+    from linux_capture.discover import Mount, _holder_mounts
+    for name, dev, holders in (("dm-0", "254:0", ["dm-1"]), ("dm-1", "254:1", [])):
+        (tmp_path / name / "holders").mkdir(parents=True)
+        (tmp_path / name / "dev").write_text(dev + "\n")
+        for h in holders:
+            (tmp_path / name / "holders" / h).write_text("")
+    monkeypatch.setattr(discover, "SYS_BLOCK", str(tmp_path))
+    root = Mount("/", "ext4", False, "/dev/mapper/vg0-root")
+    data = Mount("/srv", "xfs", False, "/dev/mapper/data")
+    ro = Mount("/mnt/ro", "ext4", True, "/dev/mapper/vg0-old")
+    found = _holder_mounts(("dm-0",), {"254:0": [root, ro], "254:1": [data]})
+    assert found == [root, ro, data]
+    region = Region("sda2", "/dev/sda2", 1 << 20, 1 << 30, (), ("dm-0",), True, tuple(found))
+    disk = Disk("sda", "/dev/sda", 2 << 30, False, "", (region,))
+    assert [mp for _, mp, _ in rw_mounts(disk)] == ["/", "/srv"]
+    assert rw_mounts(disk, holders=False) == []
+    mode, reason = choose_mode(disk)
+    assert mode == "freeze-converge" and "dm-0 (device-mapper) sent whole" in reason
