@@ -23,7 +23,7 @@ import diskfmt.usedmap.swap  # noqa: F401
 import diskfmt.usedmap.xfs  # noqa: F401
 
 from . import protocol
-from .consistency import ConsistencyError, DigestPass, DiskCapture, capture_disk, choose_mode, rw_mounts, thaw_all
+from .consistency import ConsistencyError, DigestPass, DiskCapture, capture_disks, choose_mode, rw_mounts, thaw_all
 from .discover import Disk, DiscoveryError, discover, lvm_summary
 from .fsmap import map_disk, table_partitions
 from .tracer import Tracer
@@ -197,6 +197,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     wire.json(protocol.INFO, {"kind": "tracking", "message": "change tracking: {}{}".format(
         tracker.name, "; " + why if why else "")})
     reports = []
+    caps: List[DiskCapture] = []
     try:
         for i, d in enumerate(disks):
             def send(off: int, data: bytes, sha: bytes, i: int = i) -> None:
@@ -205,16 +206,15 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
             def note(kind: str, message: str, i: int = i, **fields: Any) -> None:
                 wire.json(protocol.INFO, dict(fields, kind=kind, message=message), disk=i)
 
-            cap = DiskCapture(d, send, note, have.get(i, {}), chunk)
-            try:
-                rep = capture_disk(cap, tracker, float(opts.get("max_freeze", 2.0)),
-                                   int(opts.get("max_rounds", 4)))
-            finally:
-                cap.close()
+            caps.append(DiskCapture(d, send, note, have.get(i, {}), chunk))
+        done = capture_disks(caps, tracker, float(opts.get("max_freeze", 2.0)), int(opts.get("max_rounds", 4)))
+        for i, (d, rep) in enumerate(zip(disks, done)):
             reports.append(rep._asdict())
             wire.json(protocol.INFO, {"kind": "disk-done", "message": "{} captured ({})".format(d.device, rep.mode),
                                       "report": rep._asdict()}, disk=i)
     finally:
+        for cap in caps:
+            cap.close()
         tracker.close()
     ru = resource.getrusage(resource.RUSAGE_SELF)
     wire.json(protocol.END, {"bytes_on_wire": wire.bytes_on_wire, "raw_bytes": wire.raw_bytes,

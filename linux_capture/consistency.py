@@ -231,13 +231,14 @@ class DiskCapture:
             sent += n
         return sent
 
-    def frozen_pass(self, fz: Freeze, extents: ExtentList,
-                    changed: Optional[ExtentList]) -> Tuple[List[Tuple[int, bytes, bytes]], bool]:
-        """Read the chunks that changed into memory while frozen; (pending, complete)."""
+    def frozen_pass(self, fz: Freeze, extents: ExtentList, changed: Optional[ExtentList],
+                    memory: int = FREEZE_MEMORY) -> Tuple[List[Tuple[int, bytes, bytes]], bool]:
+        """Read the chunks that changed into memory while frozen (at most ``memory`` bytes);
+        (pending, complete)."""
         pending: List[Tuple[int, bytes, bytes]] = []
         held = 0
         for off, n in self._candidates(extents, changed):
-            if fz.remaining() <= 0 or fz.expired.is_set() or held > FREEZE_MEMORY:
+            if fz.remaining() <= 0 or fz.expired.is_set() or held > memory:
                 return pending, False
             data = self.reader.read(off, n)
             sha = protocol.digest(data)
@@ -247,67 +248,103 @@ class DiskCapture:
         return pending, not fz.expired.is_set() and fz.remaining() > 0
 
 
-def capture_disk(cap: DiskCapture, tracker: Any, max_freeze: float, max_rounds: int = MAX_ROUNDS) -> DiskReport:
-    """Copy the disk with the mode ``choose_mode`` picks; the report says what was done."""
-    disk = cap.disk
-    mode, reason = choose_mode(disk)
-    rounds: List[int] = []
-    if mode == "offline":
-        extents, maps = cap.map(live=False)
-        rounds.append(cap.copy_pass(extents, None))
-        cap.note("round", "offline copy of {}: {} bytes sent".format(disk.device, rounds[-1]),
-                 disk=disk.device, sent=rounds[-1])
-        return DiskReport(mode, reason, "none", tuple(rounds), 0.0, (), (), extents.total(),
-                          tuple(_map_json(m) for m in maps), True, 1)
-    mountpoints = [mp for _, mp, _ in rw_mounts(disk)]
-    tracker.take(disk.device)                                   # writes before the first pass are read by it
-    extents, maps = cap.map(live=True)
-    rounds.append(cap.copy_pass(extents, None))
-    cap.note("round", "live copy of {}: {} bytes sent".format(disk.device, rounds[-1]), disk=disk.device,
-             sent=rounds[-1])
-    freeze_seconds = 0.0
-    consistent = False
-    full = 1                                         # the first copy reads everything
+class _Progress:
+    """What one disk went through, while ``capture_disks`` runs."""
+
+    def __init__(self, cap: DiskCapture) -> None:
+        self.cap = cap
+        self.mode, self.reason = choose_mode(cap.disk)
+        self.mountpoints = [mp for _, mp, _ in rw_mounts(cap.disk)]
+        self.rounds: List[int] = []
+        self.full = 0
+        self.extents = ExtentList()
+        self.maps: List[RegionMap] = []
+
+    def copy(self, tracker: Any, first: bool) -> int:
+        dev = self.cap.disk.device
+        changed = tracker.take(dev)
+        if first:
+            changed = None                     # the first pass reads everything
+        self.full += changed is None
+        self.extents, self.maps = self.cap.map(live=self.mode != "offline")
+        sent = self.cap.copy_pass(self.extents, changed)
+        self.rounds.append(sent)
+        what = "offline copy" if self.mode == "offline" else "live copy" if first else \
+            "converge round {} ({})".format(len(self.rounds) - 1, tracker.name)
+        self.cap.note("round", "{} of {}: {} bytes sent".format(what, dev, sent), disk=dev, sent=sent)
+        return sent
+
+    def report(self, tracker: Any, fz: Optional[Freeze], consistent: bool) -> DiskReport:
+        if self.mode == "offline" or fz is None:
+            return DiskReport(self.mode, self.reason, "none", tuple(self.rounds), 0.0, (), (),
+                              self.extents.total(), tuple(_map_json(m) for m in self.maps), True, self.full)
+        mine = set(self.mountpoints)
+        unsupported = tuple(mp for mp in fz.unsupported if mp in mine)
+        reason = self.reason
+        if unsupported:
+            reason += "; {} cannot be frozen (FIFREEZE unsupported): copied live, converged but not " \
+                      "crash-consistent".format(", ".join(unsupported))
+        return DiskReport(self.mode, reason, tracker.name, tuple(self.rounds), round(fz.seconds, 4),
+                          tuple(mp for mp in fz.frozen if mp in mine), unsupported, self.extents.total(),
+                          tuple(_map_json(m) for m in self.maps), consistent and not unsupported, self.full)
+
+
+def capture_disks(caps: List[DiskCapture], tracker: Any, max_freeze: float,
+                  max_rounds: int = MAX_ROUNDS) -> List[DiskReport]:
+    """Copy every disk with the mode ``choose_mode`` picks; the reports say what was done.
+
+    The read-write filesystems of all freeze-converge disks are frozen in one window, so that a volume
+    spanning disks (LVM, md) is captured at one instant."""
+    states = [_Progress(c) for c in caps]
+    live = [st for st in states if st.mode == "freeze-converge"]
+    for st in states:
+        st.copy(tracker, first=True)
+    if not live:
+        return [st.report(tracker, None, True) for st in states]
+    mountpoints: List[str] = []
+    for st in live:
+        mountpoints.extend(mp for mp in st.mountpoints if mp not in mountpoints)
+    limit = max_rounds
     fz = Freeze(mountpoints, max_freeze)
     for attempt in range(FREEZE_ATTEMPTS):
-        while len(rounds) < max_rounds:
-            changed = tracker.take(disk.device)
-            full += changed is None
-            extents, maps = cap.map(live=True)
-            dirty = cap.copy_pass(extents, changed)
-            rounds.append(dirty)
-            cap.note("round", "converge round {} of {} ({}): {} bytes re-sent".format(
-                len(rounds) - 1, disk.device, tracker.name, dirty), disk=disk.device, sent=dirty)
-            if dirty <= CONVERGED_BYTES:
+        while max(len(st.rounds) for st in live) < limit:
+            if sum(st.copy(tracker, first=False) for st in live) <= CONVERGED_BYTES:
                 break
         fz = Freeze(mountpoints, max_freeze)
+        pending: Dict[int, List[Tuple[int, bytes, bytes]]] = {}
+        complete = True
+        budget = FREEZE_MEMORY
         with fz:
-            changed = tracker.take(disk.device)
-            full += changed is None
-            extents, maps = cap.map(live=True)
-            pending, complete = cap.frozen_pass(fz, extents, changed)
-        freeze_seconds = fz.seconds
-        for off, data, sha in pending:
-            cap.send(off, data, sha)
-            cap.remember(off, len(data), sha)
-        rounds.append(sum(len(d) for _, d, _ in pending))
-        cap.note("freeze", "{} frozen {:.3f}s ({}), {} bytes copied from the frozen state{}".format(
-            ", ".join(fz.frozen) or "nothing", fz.seconds, tracker.name, rounds[-1],
-            "" if complete else ": INCOMPLETE, over --max-freeze"),
-            disk=disk.device, seconds=round(fz.seconds, 4), frozen=fz.frozen, sent=rounds[-1],
-            complete=complete)
+            for i, st in enumerate(live):
+                changed = tracker.take(st.cap.disk.device)
+                st.full += changed is None
+                st.extents, st.maps = st.cap.map(live=True)
+                pending[i], ok = st.cap.frozen_pass(fz, st.extents, changed, budget)
+                budget -= sum(len(d) for _, d, _ in pending[i])
+                if not ok:
+                    complete = False
+                    break
+        for i, st in enumerate(live):
+            sent = 0
+            for off, data, sha in pending.get(i, ()):
+                st.cap.send(off, data, sha)
+                st.cap.remember(off, len(data), sha)
+                sent += len(data)
+            st.rounds.append(sent)
+            st.cap.note("freeze", "{} frozen {:.3f}s ({}), {} bytes of {} copied from the frozen state{}".format(
+                ", ".join(fz.frozen) or "nothing", fz.seconds, tracker.name, sent, st.cap.disk.device,
+                "" if complete else ": INCOMPLETE, over --max-freeze"),
+                disk=st.cap.disk.device, seconds=round(fz.seconds, 4), frozen=fz.frozen, sent=sent,
+                complete=complete)
         if complete:
-            consistent = not fz.unsupported
-            break
-        max_rounds = len(rounds) + 2
-    else:
-        raise ConsistencyError(
-            "{}: the dirty chunks could not be read within --max-freeze {:g}s ({} tried {} times); the "
-            "filesystems were thawed; raise --max-freeze or capture when the host is quieter".format(
-                disk.device, max_freeze, tracker.name, FREEZE_ATTEMPTS))
-    if fz.unsupported:
-        reason += "; {} cannot be frozen (FIFREEZE unsupported): copied live, converged but not " \
-                  "crash-consistent".format(", ".join(fz.unsupported))
-    return DiskReport(mode, reason, tracker.name, tuple(rounds), round(freeze_seconds, 4), tuple(fz.frozen),
-                      tuple(fz.unsupported), extents.total(), tuple(_map_json(m) for m in maps), consistent,
-                      full)
+            return [st.report(tracker, fz if st.mode != "offline" else None, True) for st in states]
+        limit = max(len(st.rounds) for st in live) + 2
+    raise ConsistencyError(
+        "{}: the dirty chunks could not be read within --max-freeze {:g}s ({} tried {} times); the "
+        "filesystems were thawed; raise --max-freeze or capture when the host is quieter".format(
+            ", ".join(st.cap.disk.device for st in live), max_freeze, tracker.name, FREEZE_ATTEMPTS))
+
+
+def capture_disk(cap: DiskCapture, tracker: Any, max_freeze: float, max_rounds: int = MAX_ROUNDS) -> DiskReport:
+    """``capture_disks`` for one disk."""
+    return capture_disks([cap], tracker, max_freeze, max_rounds)[0]

@@ -570,3 +570,27 @@ def test_partitions_from_the_disks_own_table_when_the_kernel_lists_none(sshd, ou
         report("{} table read by the agent: {:.1f} MiB to send of 160 MiB".format(label, plan["used_bytes"] / MiB))
     finally:
         subprocess.run(["losetup", "-d", dev], timeout=60)
+
+
+def test_filesystems_of_several_disks_are_frozen_in_one_window(sshd, out, report):
+    """Two disks captured in one run: both filesystems frozen together (a volume spanning disks, LVM or
+    md, is captured at one instant), each disk's capture verifies."""
+    need("mkfs.ext4", "mkfs.xfs")
+    with loop_fs("ext4", seed=3) as a, loop_fs("xfs", seed=4) as b:
+        dest = os.path.join(out, "cap")
+        cp = v2v("convert", "host", *sshd.args(), "--disk", a.device, "--disk", b.device, "--capture-only",
+                 "--out", dest, "--json", timeout=180)
+        assert cp.returncode == 0, cp.stderr
+        cap = json_events(cp)[-1]["capture"]
+        da, db = cap["disks"]
+        assert da["frozen"] == [a.mountpoint] and db["frozen"] == [b.mountpoint]
+        assert da["freeze_seconds"] == db["freeze_seconds"] <= 2.0, "two freeze windows, not one"
+        freezes = [e for e in json_events(cp) if e.get("event") == "info" and "copied from the frozen state" in e.get("message", "")]
+        assert len(freezes) == 2 and all(a.mountpoint in e["message"] and b.mountpoint in e["message"]
+                                         for e in freezes), freezes
+        for fs, image in ((a, cap["images"][0]), (b, cap["images"][1])):
+            files = _captured_files(fs.fstype, image, os.path.join(out, "mnt-" + fs.fstype))
+            assert all(files.get(rel) == sha for rel, sha in fs.files.items())
+            assert writable(fs.mountpoint)
+        report("two disks, one freeze window of {:.3f}s over {} and {}".format(
+            da["freeze_seconds"], a.mountpoint, b.mountpoint))
