@@ -2,8 +2,11 @@
 
 Only this module imports the guestfs binding; fixups receive an Appliance.
 """
+import logging
 import os
 import shlex
+import signal
+import threading
 import time
 from typing import List, Optional, Sequence, Tuple
 
@@ -15,6 +18,48 @@ except ImportError:  # reported by `v2v doctor`; the error below says what to in
     guestfs = None
 
 
+log = logging.getLogger("v2v")
+
+
+class _LaunchWatchdog:
+    """Kills the qemu children of this process that started after it, when `timeout` seconds pass."""
+
+    def __init__(self, timeout: float) -> None:
+        self.fired = False
+        self._before = set(_qemu_children())
+        self._timer = threading.Timer(timeout, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        for pid in set(_qemu_children()) - self._before:
+            self.fired = True
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _qemu_children() -> List[int]:
+    me = str(os.getpid())
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/{}/stat".format(entry)) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        if comm.startswith("qemu-system") and stat[stat.rindex(")") + 2:].split()[1] == me:
+            out.append(int(entry))
+    return out
+
+
 class Appliance:
     """A launched libguestfs appliance over writable overlays (never the source)."""
 
@@ -23,28 +68,50 @@ class Appliance:
         if guestfs is None:
             raise InspectionError("the libguestfs Python binding is missing: apt-get install python3-guestfs "
                                   "(and use a venv made with --system-site-packages)")
-        self.g = guestfs.GuestFS(python_return_dict=True)
-        os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
-        if accel == "tcg":
-            self.g.set_backend_settings(["force_tcg"])
-        self.g.set_memsize(memsize)
-        self.g.set_smp(smp)
-        self.g.set_network(False)
-        if trace or os.environ.get("V2V_TRACE_GUESTFS"):
-            self.g.set_trace(1)
-        for path, fmt in drives:
-            self.g.add_drive_opts(path, format=fmt, readonly=readonly, cachemode="unsafe",
-                                  discard="besteffort")
+        self._settings = (list(drives), accel, memsize, smp, readonly, trace)
+        self.g = self._handle()
         self.launch_seconds = 0.0
         self.mounted: List[str] = []
 
+    def _handle(self):
+        drives, accel, memsize, smp, readonly, trace = self._settings
+        g = guestfs.GuestFS(python_return_dict=True)
+        os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
+        if accel == "tcg":
+            g.set_backend_settings(["force_tcg"])
+        g.set_memsize(memsize)
+        g.set_smp(smp)
+        g.set_network(False)
+        if trace or os.environ.get("V2V_TRACE_GUESTFS"):
+            g.set_trace(1)
+        for path, fmt in drives:
+            g.add_drive_opts(path, format=fmt, readonly=readonly, cachemode="unsafe", discard="besteffort")
+        return g
+
     def launch(self) -> None:
+        """Start the appliance. One that has not come up within V2V_LAUNCH_TIMEOUT seconds (default 300
+        under TCG, 120 with KVM: a launch takes 20-30 s) is killed and started once more, since an
+        emulated appliance on a loaded host now and then hangs while its kernel boots."""
+        timeout = float(os.environ.get("V2V_LAUNCH_TIMEOUT") or (300 if self._settings[1] == "tcg" else 120))
         t0 = time.monotonic()
-        try:
-            self.g.launch()
-        except RuntimeError as e:
-            raise InspectionError("the libguestfs appliance did not start: {} (run `v2v doctor`, "
-                                  "or libguestfs-test-tool for details)".format(_one_line(e))) from None
+        for attempt in (1, 2):
+            watchdog = _LaunchWatchdog(timeout)
+            try:
+                self.g.launch()
+                break
+            except RuntimeError as e:
+                if watchdog.fired and attempt == 1:
+                    log.warning("the libguestfs appliance did not come up within %.0fs; starting it again",
+                                timeout)
+                    self.g.close()
+                    self.g = self._handle()
+                    continue
+                why = "it did not come up within {:.0f}s, twice".format(timeout) if watchdog.fired \
+                    else _one_line(e)
+                raise InspectionError("the libguestfs appliance did not start: {} (run `v2v doctor`, "
+                                      "or libguestfs-test-tool for details)".format(why)) from None
+            finally:
+                watchdog.cancel()
         self.launch_seconds = time.monotonic() - t0
 
     def mount_guest(self, mountpoints: Sequence[Tuple[str, str]], readonly: bool = False) -> None:

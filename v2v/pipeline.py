@@ -98,10 +98,15 @@ def preflight(app: Appliance, guest: Guest, name: str, opts: Optional[ConvertOpt
         modern = (guest.major, guest.minor) >= (6, 2)
         win11 = guest.major >= 10 and windows.product_type(guest) == "client" and \
             guest.build.isdigit() and int(guest.build) >= 22000
+        tpm_note = ""
+        if win11 and opts is not None and opts.output.kind == "libvirt" and shutil.which("swtpm") is None:
+            # libvirt refuses an emulated TPM without swtpm; Windows 11 boots without one
+            win11, tpm_note = False, ("Windows 11 expects a TPM 2.0 but this host has no swtpm: the domain gets "
+                                      "none (apt-get install swtpm swtpm-tools, then add one)")
         plan = Plan(name=name, disk_bus=wplan.disk_bus, firmware=guest.firmware, machine="q35",
                     memory_mib=memory or DEFAULT_WINDOWS_MEMORY_MIB, vcpus=vcpus, osinfo_id=osinfo_id,
                     network=NetworkPlan(mac=mac, model=wplan.nic_model),
-                    notes=tuple(n for n in (note,) + wplan.notes if n), os_type="windows",
+                    notes=tuple(n for n in (note,) + wplan.notes + (tpm_note,) if n), os_type="windows",
                     secure_boot=guest.firmware == "uefi" and modern, tpm=win11)
         return plan, wplan
     linux_distro.for_guest(app, guest)      # raises UnsupportedGuest for an unknown family

@@ -134,3 +134,20 @@ def test_sigterm_during_conversion_leaves_nothing_behind(tmp_path, foreign_guest
     assert "v2v: error: interrupted by SIGTERM" in stderr
     assert list(work.iterdir()) == []                       # overlays removed
     assert not out.exists() or list(out.iterdir()) == []    # nothing half-written
+
+
+def test_appliance_that_does_not_come_up_is_killed_retried_once_then_one_line_error(tmp_path):
+    """A hung appliance (here: one given 2 s, far less than a TCG boot) does not hang the conversion."""
+    img = tmp_path / "data.img"
+    _mkfs_image(img, 16)
+    out = tmp_path / "out"
+    env = dict(os.environ, V2V_LAUNCH_TIMEOUT="2")
+    work = tmp_path / "work"          # the appliance's overlays live here, so its qemu names this path
+    work.mkdir()
+    cp = v2v_cmd("convert", "disk", str(img), "--to", "local", "--out", str(out), "--workdir", str(work),
+                 env=env, timeout=300)
+    _assert_one_error(cp, "did not come up within 2s, twice")
+    assert "starting it again" in cp.stderr
+    assert not out.exists() or not os.listdir(out)
+    leftover = subprocess.run(["pgrep", "-f", str(work)], stdout=subprocess.PIPE, text=True).stdout
+    assert leftover == "", "a qemu of this test is still running: " + leftover

@@ -46,10 +46,14 @@ def virtio_iso(tmp_path_factory):
     return str(out)
 
 
+LIBVIRT_NAME = "v2v-test-win11"
+
+
 @pytest.fixture(scope="module")
-def converted(images, virtio_iso, tmp_path_factory):
-    """win2019 (BIOS, its MBR signature changed by a 'cloning tool'), win11 (UEFI, virtio-scsi, drivers
-    from the ISO) and win2008r2 (BIOS) converted once each with --to local --json."""
+def converted(images, virtio_iso, tmp_path_factory, libvirtd):
+    """win2019 (BIOS, its MBR signature changed by a 'cloning tool') and win2008r2 (BIOS) converted once
+    each with --to local --json; win11 (UEFI, virtio-scsi, drivers from the ISO) into the real libvirtd."""
+    import libvirt
     base = tmp_path_factory.mktemp("win-converted")
     clone = _raw_copy(images["win2019-bios"], base / "win2019-clone.img")
     with open(clone, "r+b") as f:
@@ -57,18 +61,36 @@ def converted(images, virtio_iso, tmp_path_factory):
         f.write(struct.pack("<I", NEW_SIGNATURE))
     runs = {
         "win2019": (clone, ["--virtio-win", TREE]),
-        "win11": (images["win11-uefi"], ["--virtio-win", virtio_iso, "--disk-bus", "scsi"]),
+        "win11": (images["win11-uefi"], ["--virtio-win", virtio_iso, "--disk-bus", "scsi", "--to", "libvirt",
+                                         "--connect", libvirtd, "--storage", str(base / "pool"),
+                                         "--name", LIBVIRT_NAME]),
         "win2008r2": (images["win2008r2-bios"], ["--virtio-win", TREE]),
     }
+    conn = libvirt.open(libvirtd)
+
+    def undefine() -> None:
+        try:
+            conn.lookupByName(LIBVIRT_NAME).undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        except libvirt.libvirtError:
+            pass
+    undefine()
     out = {}
-    for name, (src, extra) in runs.items():
-        before = sha256(src)
-        cp, events, result = convert_json("convert", "disk", src, "--to", "local", "--out", str(base / name),
-                                          "--name", name, *extra)
-        assert cp.returncode == 0, cp.stderr
-        out[name] = {"src": src, "before": before, "events": events, "result": result,
-                     "disk": result["disks"][0]["path"], "xml": result["domain_xml"]}
-    return out
+    try:
+        for name, (src, extra) in runs.items():
+            before = sha256(src)
+            where = [] if "libvirt" in extra else ["--to", "local", "--out", str(base / name), "--name", name]
+            cp, events, result = convert_json("convert", "disk", src, *where, *extra)
+            assert cp.returncode == 0, cp.stderr
+            xml = result["domain_xml"]
+            if not xml:     # libvirt: what the daemon holds now
+                xml = str(base / "win11-libvirt.xml")
+                Path(xml).write_text(conn.lookupByName(LIBVIRT_NAME).XMLDesc(0))
+            out[name] = {"src": src, "before": before, "events": events, "result": result,
+                         "disk": result["disks"][0]["path"], "xml": xml}
+        yield out
+    finally:
+        undefine()
+        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -268,9 +290,13 @@ def test_domain_xml_for_windows(converted):
     assert (xml.find("features/hyperv") is not None) == (xml.getroot().get("type") == "kvm")
     assert [t.get("bus") for t in xml.findall("devices/disk/target")] == ["virtio"]
     assert xml.find("devices/interface/model").get("type") == "virtio"
-    win11 = ET_parse(converted["win11"]["xml"])
+    win11 = ET_parse(converted["win11"]["xml"])      # as the real libvirtd defined it
     assert win11.find("os/loader").get("secure") == "yes"
+    assert win11.find("features/smm").get("state") == "on"
     assert win11.find("devices/tpm/backend").get("version") == "2.0"
+    assert win11.find("os/type").get("machine").startswith("pc-q35")
+    assert [s.get("file") for s in win11.findall("devices/disk/source")] == [converted["win11"]["disk"]]
+    assert converted["win11"]["result"]["libvirt_uri"] == "qemu:///system"
 
 
 # --- inspect, refusals and bad input ----------------------------------------------------------------------
