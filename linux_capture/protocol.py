@@ -143,6 +143,14 @@ def _where(disk: int, offset: Optional[int]) -> str:
     return "disk {} offset {}".format(disk, offset) if offset is not None else "disk {}".format(disk)
 
 
+def chunk_header(frame: Frame) -> Tuple[int, int]:
+    """(offset, length) of a CHUNK/ZERO frame, without decoding its data."""
+    if frame.type not in (CHUNK, ZERO) or len(frame.payload) < _CHUNK.size:
+        raise CorruptFrame("{} frame for disk {} is not a chunk".format(frame_name(frame.type), frame.disk))
+    offset, length, _ = _CHUNK.unpack_from(frame.payload)
+    return offset, length
+
+
 def decode_chunk(frame: Frame) -> Chunk:
     """The chunk a CHUNK/ZERO frame carries, decompressed and checked against its sha256."""
     if frame.type not in (CHUNK, ZERO):

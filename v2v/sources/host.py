@@ -270,12 +270,13 @@ class Staging:
 
 
 class _Writer:
-    """Writes verified chunks into the staging images on a thread of its own, so that writing (new
-    page-cache pages are slow to fault in) overlaps receiving and verifying the next chunks."""
+    """Decodes, verifies and writes chunk frames into the staging images on a thread of its own, so that
+    decompression, sha256 and writing overlap receiving the next frames."""
 
-    def __init__(self, staging: Staging, depth: int = 8) -> None:
+    def __init__(self, staging: Staging, source: str, depth: int = 8) -> None:
         self.staging = staging
-        self.q: "queue.Queue[Optional[protocol.Chunk]]" = queue.Queue(depth)
+        self.source = source
+        self.q: "queue.Queue[Optional[protocol.Frame]]" = queue.Queue(depth)
         self.error: Optional[BaseException] = None
         self.resent = 0
         self.seen: set = set()
@@ -284,12 +285,16 @@ class _Writer:
 
     def _run(self) -> None:
         while True:
-            c = self.q.get()
-            if c is None:
+            f = self.q.get()
+            if f is None:
                 return
             if self.error is not None:
                 continue                     # keep draining so that put() never blocks forever
             try:
+                try:
+                    c = protocol.decode_chunk(f)
+                except protocol.CorruptFrame as e:
+                    raise IntegrityError("from {}: {}".format(self.source, e)) from None
                 key = (c.disk, c.offset, c.length)
                 if self.staging.write(c) and key not in self.seen:
                     self.resent += c.length
@@ -297,10 +302,10 @@ class _Writer:
             except BaseException as e:       # handed to the receiving thread by put()/close()
                 self.error = e
 
-    def put(self, c: protocol.Chunk) -> None:
+    def put(self, f: protocol.Frame) -> None:
         if self.error is not None:
             raise self.error
-        self.q.put(c)
+        self.q.put(f)
 
     def close(self) -> None:
         """Wait for every queued chunk to be written; raise what the writer hit."""
@@ -502,7 +507,7 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
         events.stage("capture", "capturing {} disk(s) from {} into {}".format(len(plans), target, staging.path))
         total = max(1, sum(p["used_bytes"] for p in plans) - skipped)
         received = 0
-        writer = _Writer(staging)
+        writer = _Writer(staging, str(target))
         reports: List[Dict[str, Any]] = []
         last_info = last_progress = time.monotonic()
         t_copy = time.monotonic()
@@ -510,12 +515,12 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
             f = next_frame()
             if f.type in (protocol.CHUNK, protocol.ZERO):
                 try:
-                    c = protocol.decode_chunk(f)
+                    offset, length = protocol.chunk_header(f)
                 except protocol.CorruptFrame as e:
                     raise IntegrityError("from {}: {}".format(target, e)) from None
-                where = "disk {} offset {}".format(c.disk, c.offset)
-                writer.put(c)
-                received += c.length
+                where = "disk {} offset {}".format(f.disk, offset)
+                writer.put(f)                # decoded, verified and written on the writer's thread
+                received += length
                 total = max(total, received)
                 now = time.monotonic()
                 if now - last_progress >= 0.2:
