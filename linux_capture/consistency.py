@@ -4,11 +4,12 @@ offline          nothing on the disk is mounted read-write: copied as it is, in 
 freeze-converge  copy the used blocks live; find what changed since (tracefs block_rq_complete, or a
                  second digest pass over the used chunks when tracing is unavailable); re-copy until
                  the dirty bytes converge (bounded rounds); then FIFREEZE every read-write filesystem of
-                 the disk for at most ``max_freeze`` seconds, map the used blocks again (a mounted ext4's
-                 bitmaps lag its journal), read the last dirty chunks into memory, FITHAW, and send them.
-                 The thaw runs in ``finally``, from a watchdog timer, and on SIGTERM/SIGHUP/broken pipe.
-LVM snapshots are not implemented: volumes under device-mapper are copied with freeze-converge of the
-filesystems mounted from the disk's own partitions, and are otherwise sent whole and live (reported).
+                 the captured disks in one window for at most ``max_freeze`` seconds, map the used blocks
+                 again (a mounted ext4's bitmaps lag its journal), read the last dirty chunks into
+                 memory, FITHAW, and send them. The thaw runs in ``finally``, from a watchdog timer, and
+                 on SIGTERM/SIGHUP/broken pipe.
+LVM snapshots are not implemented: a partition under device-mapper (an LVM PV, crypt) is sent whole, and
+the filesystems mounted from the volumes on it are frozen like the others (reported).
 Standard library only, Python 3.6+.
 """
 import errno
