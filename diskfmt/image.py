@@ -125,3 +125,26 @@ def _tail(text: str) -> str:
 def measure(path: str, fmt: str, out_fmt: str) -> Dict:
     """qemu-img measure: bytes a converted copy needs ("required") and fully allocated ("fully-allocated")."""
     return json.loads(output([QEMU_IMG, "measure", "--output=json", "-f", fmt, "-O", out_fmt, path]))
+
+
+def write_range(src_raw: str, dst_qcow2: str, offset: int, length: int) -> None:
+    """Copy bytes [offset, offset+length) of a raw image into the same range of a qcow2 image (zeros
+    become zero clusters, so a range that became zero hides the backing file's old data)."""
+    def slice_opts(child: str) -> str:
+        return "driver=raw,offset={},size={},{}".format(offset, length, child)
+    run([QEMU_IMG, "convert", "-n", "-q", "--image-opts",
+         slice_opts("file.driver=file,file.filename=" + os.path.abspath(src_raw)),
+         "--target-image-opts",
+         slice_opts("file.driver=qcow2,file.file.driver=file,file.file.filename=" + os.path.abspath(dst_qcow2))],
+        what="writing changed blocks into " + os.path.basename(dst_qcow2))
+
+
+def rebase_unsafe(path: str, backing: str, backing_fmt: str = "qcow2") -> None:
+    """Point path at another backing file without copying (the caller guarantees same content)."""
+    run([QEMU_IMG, "rebase", "-u", "-f", "qcow2", "-b", os.path.abspath(backing), "-F", backing_fmt, path],
+        what="rebasing " + os.path.basename(path))
+
+
+def commit(path: str) -> None:
+    """Merge path's clusters into its backing file (qemu-img commit); path is left empty."""
+    run([QEMU_IMG, "commit", "-q", "-f", "qcow2", path], what="merging " + os.path.basename(path))
