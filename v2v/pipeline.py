@@ -136,6 +136,24 @@ def fix(app: Appliance, guest: Guest, plan: Plan, events: Emitter,
     return FixReport(lines=tuple(lines))
 
 
+def fix_overlays(overlays: Sequence[Overlay], opts: ConvertOptions, events: Emitter
+                 ) -> Tuple[Guest, Plan, FixReport]:
+    """Inspect, preflight and fix the guest on overlays the caller keeps (a standby's fixed layer):
+    the stages of convert() up to fix, in one appliance session; copy and output are the caller's."""
+    accel = choose_accel(events)
+    with Appliance([(o.path, "qcow2") for o in overlays], accel=accel.accel) as app:
+        with events.busy("inspect", "starting the libguestfs appliance ({})".format(accel.accel.upper())):
+            app.launch()
+        with events.busy("inspect", "inspecting the guest"):
+            guest = inspection.inspect(app, [o.source for o in overlays])
+            plan, wplan = preflight(app, guest, opts.output.name, opts, None)
+        with events.busy("fix", "converting the guest for KVM"):
+            report = fix(app, guest, plan, events, wplan)
+            app.fstrim_all()
+            app.close()
+    return guest, plan, report
+
+
 def copy(overlays: Sequence[Overlay], targets: Sequence[TargetDisk], events: Emitter) -> List[TargetDisk]:
     """Copy each overlay (source blocks + fixups) into its target, sparse; then checksum the target."""
     total = sum(o.source.virtual_size for o in overlays) or 1
