@@ -403,5 +403,211 @@ def _write_error(path: str, e: OSError) -> V2VError:
     return OutputError("cannot write {}: {}".format(path, e.strerror or e))
 
 
+@main.group(context_settings=CONTEXT)
+def standby() -> None:
+    """Keep a KVM copy of a running Linux host current: nightly refreshes send only the changed blocks.
+
+    \b
+    Examples:
+      v2v standby create root@db1.example --name db1-standby
+      v2v standby refresh db1-standby
+      v2v standby status db1-standby --json
+      v2v standby rollback db1-standby --to 3
+      v2v standby timer db1-standby --on-calendar "*-*-* 02:00" --enable
+      v2v standby activate db1-standby
+    """
+
+
+def _standby_dir(f: Callable) -> Callable:
+    return click.option("--dir", "directory", type=click.Path(file_okay=False),
+                        help="The standby's directory (default /var/lib/v2v/standby/NAME).")(f)
+
+
+def _standby_call(json_mode: bool, fn: Callable[[Emitter], Any]) -> Any:
+    events = _emitter(json_mode)
+    try:
+        return events, fn(events)
+    except V2VError as e:
+        _fail(events, e)
+        raise AssertionError("unreachable")
+
+
+def _print_refresh(r: Any) -> None:
+    if r.changed:
+        click.echo("{}: generation {} serving; {} bytes changed, {} bytes on the wire (source uses {}), "
+                   "{:.1f}s".format(r.name, r.generation, r.changed_bytes, r.wire_bytes, r.used_bytes, r.seconds))
+    else:
+        click.echo("{}: no change; generation {} still serving; {} bytes on the wire, {:.1f}s".format(
+            r.name, r.generation, r.wire_bytes, r.seconds))
+
+
+@standby.command("create", context_settings=CONTEXT)
+@click.argument("target", metavar="USER@HOST[:PORT]")
+@click.option("--name", required=True, help="Name of the standby and of its libvirt domain.")
+@_standby_dir
+@click.option("--disk", "disks", multiple=True, metavar="DEV",
+              help="Capture only this whole-disk device of the source (repeatable; default: every disk).")
+@click.option("--connect", "uri", default="qemu:///system", show_default=True, help="libvirt URI.")
+@click.option("--network", default="default", show_default=True,
+              help="libvirt network for the NIC ('none': no NIC).")
+@click.option("--bridge", default="", help="Host bridge for the NIC instead of a libvirt network.")
+@click.option("--memory", "memory_mib", type=click.IntRange(128, 4 << 20), help="Memory in MiB (default 2048).")
+@click.option("--vcpus", type=click.IntRange(1, 1024), help="Virtual CPUs (default 2).")
+@click.option("--mac", help="MAC address of the NIC (default: a random 52:54:00 address, kept for every refresh).")
+@click.option("--bandwidth", help="Limit the wire to this many bytes per second, e.g. 40M (every refresh).")
+@click.option("--compress", type=click.Choice(["none", "zlib", "lzma"]), default="zlib", show_default=True,
+              help="Compression of the chunks on the wire.")
+@click.option("--max-freeze", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
+              help="Longest time in seconds a filesystem of the source stays frozen.")
+@click.option("--tracing", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="Find writes during a capture with tracefs (auto) or with digest passes only (off).")
+@click.option("--ssh-key", type=click.Path(exists=True, dir_okay=False), help="ssh private key for the login.")
+@click.option("--ssh-port", type=click.IntRange(1, 65535), help="ssh port (overrides :PORT).")
+@click.option("--ssh-accept-new", is_flag=True, help="Trust the host key of a host seen for the first time.")
+@click.option("--ssh-known-hosts", type=click.Path(dir_okay=False), help="known_hosts file to check the host key in.")
+@click.option("--remote-python", default="python3", show_default=True, help="Python 3.6+ on the source.")
+@click.option("--no-fixups", is_flag=True, help="Keep the fixed layers empty (a data disk without an OS).")
+@click.option("--json", "json_mode", is_flag=True, help="JSON lines on stdout: stages, progress, result.")
+def standby_create(target: str, name: str, directory: Optional[str], disks: Sequence[str], uri: str, network: str,
+                   bridge: str, memory_mib: Optional[int], vcpus: Optional[int], mac: Optional[str],
+                   bandwidth: Optional[str], compress: str, max_freeze: float, tracing: str, ssh_key: Optional[str],
+                   ssh_port: Optional[int], ssh_accept_new: bool, ssh_known_hosts: Optional[str], remote_python: str,
+                   no_fixups: bool, json_mode: bool) -> None:
+    """Create the standby NAME of the running host USER@HOST: a full capture, the fixups, the domain
+    defined (not started). The ssh and capture options are kept for every refresh.
+
+    \b
+    Examples:
+      v2v standby create root@db1.example --name db1-standby
+      v2v standby create root@10.0.0.5:2222 --name web1-sb --disk /dev/sda --bandwidth 40M --ssh-key ~/.ssh/id_ed25519
+    """
+    import os
+    from . import standby as sb
+    from .sources import host
+    if mac is not None and not _valid_mac(mac):
+        raise click.BadParameter("not a unicast MAC address like 52:54:00:12:34:56", param_hint="--mac")
+    rate = _bandwidth(bandwidth)
+
+    def go(events: Emitter) -> Any:
+        t = host.parse_target(target, ssh_port)
+        copts = host.CaptureOptions(disks=tuple(disks), compress=compress, bandwidth=rate, max_freeze=max_freeze,
+                                    tracing=tracing, remote_python=remote_python, ssh_accept_new=ssh_accept_new,
+                                    ssh_key=os.path.abspath(ssh_key) if ssh_key else None,
+                                    ssh_known_hosts=os.path.abspath(ssh_known_hosts) if ssh_known_hosts else None)
+        o = sb.StandbyOptions(name=name, directory=os.path.abspath(directory or sb.default_dir(name)), uri=uri,
+                              network=network, bridge=bridge, memory_mib=memory_mib, vcpus=vcpus,
+                              mac=mac.lower() if mac else None, fixups=not no_fixups)
+        return sb.create(str(t), copts, o, events)
+    events, r = _standby_call(json_mode, go)
+    events.result({"standby": to_json(r)})
+    if not json_mode:
+        _print_refresh(r)
+
+
+@standby.command("refresh", context_settings=CONTEXT)
+@click.argument("name")
+@_standby_dir
+@click.option("--json", "json_mode", is_flag=True, help="JSON lines on stdout: stages, progress, result.")
+def standby_refresh(name: str, directory: Optional[str], json_mode: bool) -> None:
+    """Send the chunks that changed on the source since the latest generation, write them into a new
+    generation, re-run the fixups, and switch the domain to it. Refused while the domain runs.
+
+    \b
+    Examples:
+      v2v standby refresh db1-standby
+      v2v standby refresh db1-standby --dir /srv/standby/db1 --json
+    """
+    from . import standby as sb
+    events, r = _standby_call(json_mode, lambda ev: sb.refresh(sb.options_of(name, directory), ev))
+    events.result({"standby": to_json(r)})
+    if not json_mode:
+        _print_refresh(r)
+
+
+@standby.command("status", context_settings=CONTEXT)
+@click.argument("name")
+@_standby_dir
+@click.option("--json", "json_mode", is_flag=True, help="One JSON object on stdout.")
+def standby_status(name: str, directory: Optional[str], json_mode: bool) -> None:
+    """Generations, the one the domain boots, the last runs with their bytes, and the RPO.
+
+    \b
+    Examples:
+      v2v standby status db1-standby
+      v2v standby status db1-standby --json
+    """
+    from . import standby as sb
+    _, s = _standby_call(False, lambda ev: sb.status(sb.options_of(name, directory)))
+    if json_mode:
+        click.echo(json.dumps(s, sort_keys=True, default=str))
+        return
+    click.echo("{} ({}): domain {} {}, boots generation {}; RPO {}".format(
+        s["name"], s["target"], s["domain"]["uri"], "running" if s["domain"]["running"] else "shut off",
+        s["domain"]["generation"], "{:.0f}s".format(s["rpo_seconds"]) if s["rpo_seconds"] is not None else "-"))
+    for g in s["generations"]:
+        click.echo("  {} g{}  {} changed  {} on the wire  {}".format(
+            "*" if g["current"] else " ", g["number"], g["changed_bytes"], g["wire_bytes"], " ".join(g["fixed"])))
+    for r in s["runs"][-5:]:
+        click.echo("  run {} {} g{} {}".format(r["kind"], r["status"], r["generation"], r["message"]))
+
+
+@standby.command("rollback", context_settings=CONTEXT)
+@click.argument("name")
+@_standby_dir
+@click.option("--to", "to", type=click.IntRange(1), help="Generation to boot (default: the one before the current).")
+def standby_rollback(name: str, directory: Optional[str], to: Optional[int]) -> None:
+    """Point the standby's domain back at an earlier generation's fixed layer. Refused while it runs.
+
+    \b
+    Examples:
+      v2v standby rollback db1-standby
+      v2v standby rollback db1-standby --to 3
+    """
+    from . import standby as sb
+    _, g = _standby_call(False, lambda ev: sb.rollback(sb.options_of(name, directory), to, ev))
+    click.echo("{}: the domain boots generation {}".format(name, g))
+
+
+@standby.command("activate", context_settings=CONTEXT)
+@click.argument("name")
+@_standby_dir
+def standby_activate(name: str, directory: Optional[str]) -> None:
+    """Start the standby's domain (the source is lost); refreshes are refused while it runs.
+
+    \b
+    Example:
+      v2v standby activate db1-standby
+    """
+    from . import standby as sb
+    _, g = _standby_call(False, lambda ev: sb.activate(sb.options_of(name, directory), ev))
+    click.echo("{}: started on generation {}".format(name, g))
+
+
+@standby.command("timer", context_settings=CONTEXT)
+@click.argument("name")
+@_standby_dir
+@click.option("--on-calendar", required=True, help='systemd calendar expression, e.g. "*-*-* 02:00".')
+@click.option("--unit-dir", default="/etc/systemd/system", show_default=True, type=click.Path(file_okay=False),
+              help="Where the .service and .timer are written.")
+@click.option("--enable", is_flag=True, help="systemctl daemon-reload and enable --now the timer.")
+def standby_timer(name: str, directory: Optional[str], on_calendar: str, unit_dir: str, enable: bool) -> None:
+    """Write v2v-standby-NAME.service (one refresh) and .timer, checked with systemd-analyze verify.
+
+    \b
+    Examples:
+      v2v standby timer db1-standby --on-calendar "*-*-* 02:00" --enable
+      v2v standby timer db1-standby --on-calendar daily --unit-dir ./units
+    """
+    from . import standby as sb
+    from .standby.timer import write_units
+
+    def go(_ev: Emitter) -> Any:
+        o = sb.options_of(name, directory)
+        return write_units(name, o.directory, on_calendar, unit_dir, enable)
+    _, u = _standby_call(False, go)
+    click.echo("{}\n{}{}{}".format(u.service, u.timer, "\n  verified by systemd-analyze" if u.verified else "",
+                                   "\n  enabled" if u.enabled else ""))
+
+
 if __name__ == "__main__":
     main()
