@@ -467,12 +467,14 @@ def _print_refresh(r: Any) -> None:
 @click.option("--ssh-known-hosts", type=click.Path(dir_okay=False), help="known_hosts file to check the host key in.")
 @click.option("--remote-python", default="python3", show_default=True, help="Python 3.6+ on the source.")
 @click.option("--no-fixups", is_flag=True, help="Keep the fixed layers empty (a data disk without an OS).")
+@click.option("--keep", type=click.IntRange(1), default=7, show_default=True,
+              help="Generations kept for rollback; older ones are merged into their successor.")
 @click.option("--json", "json_mode", is_flag=True, help="JSON lines on stdout: stages, progress, result.")
 def standby_create(target: str, name: str, directory: Optional[str], disks: Sequence[str], uri: str, network: str,
                    bridge: str, memory_mib: Optional[int], vcpus: Optional[int], mac: Optional[str],
                    bandwidth: Optional[str], compress: str, max_freeze: float, tracing: str, ssh_key: Optional[str],
                    ssh_port: Optional[int], ssh_accept_new: bool, ssh_known_hosts: Optional[str], remote_python: str,
-                   no_fixups: bool, json_mode: bool) -> None:
+                   no_fixups: bool, keep: int, json_mode: bool) -> None:
     """Create the standby NAME of the running host USER@HOST: a full capture, the fixups, the domain
     defined (not started). The ssh and capture options are kept for every refresh.
 
@@ -496,7 +498,7 @@ def standby_create(target: str, name: str, directory: Optional[str], disks: Sequ
                                     ssh_known_hosts=os.path.abspath(ssh_known_hosts) if ssh_known_hosts else None)
         o = sb.StandbyOptions(name=name, directory=os.path.abspath(directory or sb.default_dir(name)), uri=uri,
                               network=network, bridge=bridge, memory_mib=memory_mib, vcpus=vcpus,
-                              mac=mac.lower() if mac else None, fixups=not no_fixups)
+                              mac=mac.lower() if mac else None, fixups=not no_fixups, keep=keep)
         return sb.create(str(t), copts, o, events)
     events, r = _standby_call(json_mode, go)
     events.result({"standby": to_json(r)})
@@ -507,8 +509,11 @@ def standby_create(target: str, name: str, directory: Optional[str], disks: Sequ
 @standby.command("refresh", context_settings=CONTEXT)
 @click.argument("name")
 @_standby_dir
+@click.option("--keep", type=click.IntRange(1), help="Generations kept from now on (default: as at create, 7).")
+@click.option("--bandwidth", help="Limit the wire to this many bytes per second for this run, e.g. 40M.")
 @click.option("--json", "json_mode", is_flag=True, help="JSON lines on stdout: stages, progress, result.")
-def standby_refresh(name: str, directory: Optional[str], json_mode: bool) -> None:
+def standby_refresh(name: str, directory: Optional[str], keep: Optional[int], bandwidth: Optional[str],
+                    json_mode: bool) -> None:
     """Send the chunks that changed on the source since the latest generation, write them into a new
     generation, re-run the fixups, and switch the domain to it. Refused while the domain runs.
 
@@ -516,9 +521,16 @@ def standby_refresh(name: str, directory: Optional[str], json_mode: bool) -> Non
     Examples:
       v2v standby refresh db1-standby
       v2v standby refresh db1-standby --dir /srv/standby/db1 --json
+      v2v standby refresh db1-standby --keep 3 --bandwidth 20M
     """
+    from dataclasses import replace
     from . import standby as sb
-    events, r = _standby_call(json_mode, lambda ev: sb.refresh(sb.options_of(name, directory), ev))
+    rate = _bandwidth(bandwidth) if bandwidth else None
+
+    def go(events: Emitter) -> Any:
+        o = sb.options_of(name, directory)
+        return sb.refresh(replace(o, keep=keep or o.keep, bandwidth=rate), events)
+    events, r = _standby_call(json_mode, go)
     events.result({"standby": to_json(r)})
     if not json_mode:
         _print_refresh(r)

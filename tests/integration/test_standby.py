@@ -45,6 +45,11 @@ class Standby:
         assert cp.returncode == 0, cp.stderr[-2000:]
         return json_events(cp)[-1]["standby"]
 
+    def refresh_with(self, *args):
+        cp = self.cli("refresh", NAME, "--dir", self.dir, "--json", *args)
+        assert cp.returncode == 0, cp.stderr[-2000:]
+        return json_events(cp)[-1]["standby"]
+
     def status(self):
         cp = self.cli("status", NAME, "--dir", self.dir, "--json")
         assert cp.returncode == 0, cp.stderr
@@ -251,6 +256,62 @@ def test_refresh_killed_before_the_switch_leaves_the_domain_and_the_next_refresh
     with capsys.disabled():
         print("\n    [standby] after a SIGKILL before the switch: {:.1f} MiB written into g3, {:.2f} MiB on the "
               "wire".format(r["changed_bytes"] / MiB, r["wire_bytes"] / MiB), end="")
+
+
+def test_refresh_killed_during_the_transfer_leaves_the_domain_and_the_next_refresh_resumes(sb, capsys):
+    def big(mnt):
+        with open(os.path.join(mnt, "big2.bin"), "wb") as f:
+            f.write(os.urandom(16 * MiB))
+    sb.change(big)
+    expected = sb.source_files()
+    proc = subprocess.Popen([sys.executable, "-m", "v2v", "standby", "refresh", NAME, "--dir", sb.dir, "--json",
+                             "--bandwidth", "4M"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=str(ROOT))
+    got = 0
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            ev = json.loads(line) if line.startswith("{") else {}
+            if ev.get("event") == "progress" and ev.get("stage") == "capture" and ev["done"] >= 6 * MiB:
+                got = ev["done"]
+                time.sleep(1.0)                    # the manifest is committed twice a second
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert got, proc.stderr.read() if proc.stderr else ""
+    assert sb.domain_disks() == [os.path.join(sb.dir, "fixed.g3.qcow2")]
+    assert sb.status()["current"] == 3 and not os.path.exists(os.path.join(sb.dir, "replica.g4.qcow2"))
+    r = sb.refresh()
+    assert r["changed"] and r["generation"] == 4 and r["changed_bytes"] >= 16 * MiB
+    assert r["wire_bytes"] <= r["changed_bytes"] - 4 * MiB, r
+    assert sb.files_of(4, sb.work) == expected
+    sb.expected_g4 = expected
+    with capsys.disabled():
+        print("\n    [standby] SIGKILL after {:.1f} MiB of the transfer: the next refresh sent {:.1f} MiB of {:.1f} "
+              "MiB changed".format(got / MiB, r["wire_bytes"] / MiB, r["changed_bytes"] / MiB), end="")
+
+
+def test_keep_merges_the_oldest_generations_into_their_successors(sb):
+    def small(mnt):
+        with open(os.path.join(mnt, "dir", "keep.bin"), "wb") as f:
+            f.write(os.urandom(200 * 1024))
+    sb.change(small)
+    expected = sb.source_files()
+    r = sb.refresh_with("--keep", "2")
+    assert r["generation"] == 5
+    st = sb.status()
+    assert [g["number"] for g in st["generations"]] == [4, 5] and st["current"] == 5
+    names = sorted(n for n in os.listdir(sb.dir) if n.endswith(".qcow2"))
+    assert names == ["fixed.g4.qcow2", "fixed.g5.qcow2", "replica.g4.qcow2", "replica.g5.qcow2"]
+    base = json.loads(run("qemu-img", "info", "--output=json", os.path.join(sb.dir, "replica.g4.qcow2")).stdout)
+    assert "backing-filename" not in base
+    run("qemu-img", "check", os.path.join(sb.dir, "replica.g4.qcow2"))
+    assert sb.files_of(4, sb.work) == sb.expected_g4
+    assert sb.files_of(5, sb.work) == expected
+    cp = sb.cli("rollback", NAME, "--dir", sb.dir, "--to", "2")
+    assert cp.returncode == 1 and "not kept (kept: 4, 5)" in cp.stderr
 
 
 def test_timer_units_pass_systemd_analyze_verify(sb, tmp_path):

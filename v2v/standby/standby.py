@@ -29,6 +29,7 @@ from . import switch
 from .state import Chunk, Generation, Run, State
 
 DEFAULT_PARENT = "/var/lib/v2v/standby"
+DEFAULT_KEEP = 7
 MERGE_GAP = 0          # adjacent changed chunks are written in one qemu-img call
 
 
@@ -43,6 +44,8 @@ class StandbyOptions:
     vcpus: Optional[int] = None
     mac: Optional[str] = None
     fixups: bool = True            # False: the fixed layer is left empty (a source without an OS: tests)
+    keep: int = DEFAULT_KEEP       # generations kept for rollback; older ones are merged into their successor
+    bandwidth: Optional[int] = None  # this run's wire limit (bytes/s), instead of the one given at create
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,13 @@ def _empty_staging_images(staging: str) -> None:
             os.unlink(os.path.join(staging, name))
 
 
-def _capture(st: State, events: Emitter, directory: str) -> host.CaptureReport:
+def _capture(st: State, events: Emitter, o: StandbyOptions) -> host.CaptureReport:
     target = host.parse_target(st.get("target"))
     saved = st.get("capture")
     copts = host.CaptureOptions(**dict(saved, disks=tuple(saved.get("disks", ())),
-                                       staging=os.path.join(directory, "staging")))
+                                       staging=os.path.join(o.directory, "staging")))
+    if o.bandwidth is not None:
+        copts = replace(copts, bandwidth=o.bandwidth)
     return host.capture(target, copts, events)
 
 
@@ -203,6 +208,7 @@ def create(target_text: str, capture: host.CaptureOptions, o: StandbyOptions, ev
             st.put("target", str(target))
             st.put("uri", o.uri)
             st.put("fixups", o.fixups)
+            st.put("keep", o.keep)
             st.put("capture", {k: v for k, v in capture.__dict__.items() if k not in ("staging", "dry_run")})
             return _new_generation(o, st, "create", events, t0)
         finally:
@@ -215,7 +221,8 @@ def options_of(name: str, directory: Optional[str] = None) -> StandbyOptions:
     try:
         if st.get("name") != name:
             raise OutputError("{} holds the standby {!r}, not {!r}".format(d, st.get("name"), name))
-        return StandbyOptions(name=name, directory=d, uri=st.get("uri"), fixups=bool(st.get("fixups", True)))
+        return StandbyOptions(name=name, directory=d, uri=st.get("uri"), fixups=bool(st.get("fixups", True)),
+                              keep=int(st.get("keep", DEFAULT_KEEP)))
     finally:
         st.close()
 
@@ -242,7 +249,7 @@ def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0
     prev = st.latest()
     number = prev.number + 1 if prev else 1
     try:
-        report = _capture(st, events, o.directory)
+        report = _capture(st, events, o)
         sizes = [p["size"] for p in report.plans]
         if st.get("sizes") is not None and st.get("sizes") != sizes:
             raise OutputError("the source's disks changed size ({} -> {} bytes); create a new standby".format(
@@ -286,6 +293,8 @@ def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0
         st.add_generation(gen, manifest)
         _empty_staging_images(report.staging)
         st.record_run(Run(kind, started, time.time(), "ok", number, changed, report.wire_bytes, ""))
+        st.put("keep", o.keep)
+        _merge_old(o, st, events)
         events.info("generation {} serving: {} changed, {} on the wire".format(
             number, host._human(changed), host._human(report.wire_bytes)))
         return RefreshReport(o.name, number, True, changed, report.wire_bytes, used, time.monotonic() - t0,
@@ -299,6 +308,32 @@ def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0
             events.warning("generation {} is still serving; the next refresh resumes from the chunks verified "
                            "so far".format(prev.number))
         raise
+
+
+def _merge_old(o: StandbyOptions, st: State, events: Emitter) -> None:
+    """Keep o.keep generations: the oldest is merged into its successor (qemu-img commit of the successor's
+    replica into the oldest's, which then takes the successor's name; the successor's fixed layer and every
+    later replica see the same bytes through the same names). Generations the domain boots are kept."""
+    while True:
+        gens = st.generations()
+        if len(gens) <= max(1, o.keep):
+            return
+        old, nxt = gens[0], gens[1]
+        if old.number == st.current():
+            events.warning("generation {} is kept beyond --keep {}: the domain boots it (rolled back)".format(
+                old.number, o.keep))
+            return
+        # forget it first: a crash during the merge leaves a stray file, never a generation with wrong data
+        st.drop_generation(old.number)
+        for a, b in zip(old.replica, nxt.replica):
+            pa, pb = os.path.join(o.directory, a), os.path.join(o.directory, b)
+            image.commit(pb)                       # nxt's clusters into old's replica, which is the base
+            os.replace(pa, pb)                     # the merged base is nxt's replica now: same bytes
+        for f in old.fixed:
+            p = os.path.join(o.directory, f)
+            if os.path.exists(p):
+                os.unlink(p)
+        events.info("generation {} merged into {} (--keep {})".format(old.number, nxt.number, o.keep))
 
 
 def rollback(o: StandbyOptions, to: Optional[int], events: Emitter) -> int:
@@ -366,6 +401,3 @@ def status(o: StandbyOptions) -> Dict[str, Any]:
     finally:
         st.close()
 
-
-def with_overrides(o: StandbyOptions, **kw: Any) -> StandbyOptions:
-    return replace(o, **{k: v for k, v in kw.items() if v is not None})
