@@ -253,6 +253,9 @@ def test_refresh_killed_before_the_switch_leaves_the_domain_and_the_next_refresh
     assert r["wire_bytes"] < 2 * MiB, r
     assert sb.domain_disks() == [os.path.join(sb.dir, "fixed.g3.qcow2")]
     assert sb.files_of(3, sb.work) == expected
+    runs = sb.status()["runs"]
+    assert [r["status"] for r in runs[-2:]] == ["killed", "ok"], runs
+    assert not [n for n in os.listdir(sb.dir) if n.endswith(".part")]
     with capsys.disabled():
         print("\n    [standby] after a SIGKILL before the switch: {:.1f} MiB written into g3, {:.2f} MiB on the "
               "wire".format(r["changed_bytes"] / MiB, r["wire_bytes"] / MiB), end="")

@@ -244,10 +244,29 @@ def refresh(o: StandbyOptions, events: Emitter) -> RefreshReport:
             st.close()
 
 
+def _tidy(o: StandbyOptions, st: State, events: Emitter) -> None:
+    """What a killed run left: its run row, temporary images, and the domain if it was switched to a
+    generation that was never recorded (it goes back to the current one)."""
+    for r in st.mark_killed():
+        events.warning("the {} started at {} did not finish (killed); this run resumes from the chunks it "
+                       "verified".format(r.kind, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))))
+    for n in os.listdir(o.directory):
+        if n.startswith(".") and n.endswith(".part"):
+            os.unlink(os.path.join(o.directory, n))
+    g = st.generation(st.current())
+    disks = switch.disk_paths(o.uri, o.name)
+    if g is not None and disks is not None and [os.path.basename(p or "") for p in disks] != list(g.fixed):
+        events.warning("the domain {} was left on {}, which no generation records; it boots generation {} "
+                       "again".format(o.name, ", ".join(p or "" for p in disks), g.number))
+        _switch(o, st, switch.spec_from_data(st.get("domain"), [os.path.join(os.path.abspath(o.directory), f)
+                                                                 for f in g.fixed], st.get("bus", "virtio")))
+
+
 def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0: float) -> RefreshReport:
-    started = time.time()
+    _tidy(o, st, events)
     prev = st.latest()
     number = prev.number + 1 if prev else 1
+    run_id = st.start_run(kind, st.current())
     try:
         report = _capture(st, events, o)
         sizes = [p["size"] for p in report.plans]
@@ -261,8 +280,8 @@ def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0
         changed = sum(n for rs in ranges.values() for _, n in rs)
         if prev is not None and not ranges:
             _empty_staging_images(report.staging)
-            st.record_run(Run(kind, started, time.time(), "no-change", prev.number, 0, report.wire_bytes,
-                              "no chunk differs from generation {}".format(prev.number)))
+            st.finish_run(run_id, "no-change", prev.number, 0, report.wire_bytes,
+                          "no chunk differs from generation {}".format(prev.number))
             events.info("no change since generation {}: {} on the wire".format(
                 prev.number, host._human(report.wire_bytes)))
             return RefreshReport(o.name, st.current(), False, 0, report.wire_bytes, used,
@@ -292,7 +311,7 @@ def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0
                          round(time.monotonic() - t0, 1))
         st.add_generation(gen, manifest)
         _empty_staging_images(report.staging)
-        st.record_run(Run(kind, started, time.time(), "ok", number, changed, report.wire_bytes, ""))
+        st.finish_run(run_id, "ok", number, changed, report.wire_bytes, "")
         st.put("keep", o.keep)
         _merge_old(o, st, events)
         events.info("generation {} serving: {} changed, {} on the wire".format(
@@ -301,7 +320,7 @@ def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0
                              report.seconds, lines)
     except (V2VError, KeyboardInterrupt) as e:
         try:
-            st.record_run(Run(kind, started, time.time(), "failed", st.current(), 0, 0, str(e).split("\n")[0]))
+            st.finish_run(run_id, "failed", st.current(), 0, 0, str(e).split("\n")[0] or type(e).__name__)
         except sqlite3.Error:
             pass
         if prev is not None:

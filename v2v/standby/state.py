@@ -107,6 +107,26 @@ class State:
                         "message) VALUES (?,?,?,?,?,?,?,?)", (r.kind, r.started, r.finished, r.status,
                                                              r.generation, r.changed_bytes, r.wire_bytes, r.message))
 
+    def start_run(self, kind: str, generation: int) -> int:
+        """A run row marked running: one left so by a killed process is found by the next run."""
+        cur = self.db.execute("INSERT INTO runs (kind, started, finished, status, generation, changed_bytes, "
+                              "wire_bytes, message) VALUES (?,?,0,'running',?,0,0,'')",
+                              (kind, time.time(), generation))
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, status: str, generation: int, changed: int, wire: int, message: str) -> None:
+        self.db.execute("UPDATE runs SET finished=?, status=?, generation=?, changed_bytes=?, wire_bytes=?, "
+                        "message=? WHERE id=?", (time.time(), status, generation, changed, wire, message, run_id))
+
+    def mark_killed(self) -> List[Run]:
+        """Runs still marked running (the caller holds the lock, so their process is gone): marked killed."""
+        killed = [Run(*row) for row in self.db.execute(
+            "SELECT kind, started, finished, status, generation, changed_bytes, wire_bytes, message FROM runs "
+            "WHERE status='running'")]
+        self.db.execute("UPDATE runs SET status='killed', message='the process ended without finishing' "
+                        "WHERE status='running'")
+        return killed
+
     def runs(self, limit: int = 20) -> List[Run]:
         return [Run(*row) for row in self.db.execute(
             "SELECT kind, started, finished, status, generation, changed_bytes, wire_bytes, message FROM runs "
