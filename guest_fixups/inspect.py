@@ -15,6 +15,10 @@ def inspect(app: Appliance, disks: Sequence[SourceDisk]) -> Guest:
     try:
         roots = g.inspect_os()
     except RuntimeError as e:
+        if "hivex" in str(e).lower():
+            bad = _corrupt_hive(app)
+            if bad:
+                raise InspectionError(bad) from None
         raise InspectionError("inspection failed: {}".format(e)) from None
     if not roots:
         from .windows.convert import refusal
@@ -84,6 +88,37 @@ def _windows(app: Appliance, root: str) -> dict:
     return {"windows_systemroot": systemroot,
             "product_variant": g.inspect_get_product_variant(root),
             "build": build if build.isdigit() else ""}
+
+
+def _corrupt_hive(app: Appliance) -> str:
+    """Which Windows registry hive made inspection fail, as a line a user can act on, or ""."""
+    from .windows.registry import read_guest_hive
+    g = app.g
+    for dev, fstype in sorted(g.list_filesystems().items()):
+        if fstype != "ntfs":
+            continue
+        try:
+            g.mount_ro(dev, "/")
+        except RuntimeError:
+            continue
+        try:
+            for hive in ("SYSTEM", "SOFTWARE"):
+                path = "/Windows/System32/config/" + hive
+                try:
+                    real = g.case_sensitive_path(path)
+                    if not g.is_file(real):
+                        continue
+                    with read_guest_hive(app, real):
+                        pass
+                except InspectionError as e:
+                    return ("the Windows registry hive {} on {} is corrupt ({}): restore it from a backup "
+                            "(for example C:\\Windows\\System32\\config\\RegBack) or repair it in Windows, "
+                            "then convert".format(path, dev, e))
+                except RuntimeError:
+                    continue
+        finally:
+            g.umount_all()
+    return ""
 
 
 def _firmware(app: Appliance, ostype: str) -> str:

@@ -52,6 +52,12 @@ def _parts(path: str) -> List[str]:
     return [p for p in path.replace("/", "\\").split("\\") if p]
 
 
+if hivex is not None:
+    class _UnopenedHivex(hivex.Hivex):
+        def __del__(self) -> None:
+            pass
+
+
 class Hive:
     """A hive file opened with hivex (for writing when write=True); commit() writes it back."""
 
@@ -60,11 +66,16 @@ class Hive:
             raise InspectionError("the hivex Python binding is missing: apt-get install python3-hivex")
         self.path = path
         self.write = write
+        h = hivex.Hivex.__new__(hivex.Hivex)
         try:
-            self.h = hivex.Hivex(path, write=write)
+            h.__init__(path, write=write)
         except RuntimeError as e:
+            # the binding's __del__ would close a handle its failed constructor never set, and print a
+            # traceback to stderr whenever the object is collected: give that object a quiet class
+            h.__class__ = _UnopenedHivex
             raise InspectionError("{} is not a valid registry hive ({})".format(
                 os.path.basename(path), e)) from None
+        self.h = h
 
     # --- keys
     def key(self, path: str) -> Optional[int]:
