@@ -14,7 +14,7 @@ APT_PACKAGES=(
   # test guests and filesystems
   debootstrap e2fsprogs xfsprogs dosfstools mtools ntfs-3g lvm2 parted gdisk fdisk wimtools zstd lz4 cpio
   # tests and benchmarks
-  python3-pytest openssh-server openssh-client virt-v2v xorriso
+  python3-pytest openssh-server openssh-client virt-v2v xorriso rsync
   # Windows 11 domains: libvirt emulates TPM 2.0 with swtpm
   swtpm swtpm-tools
 )
