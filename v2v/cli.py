@@ -77,6 +77,27 @@ def doctor(json_mode: bool, uri: str) -> None:
     sys.exit(1 if required_failed else 0)
 
 
+def capture_options(f: Callable) -> Callable:
+    """How the agent reaches and reads the source, shared by convert host and standby create."""
+    opts = [
+        click.option("--compress", type=click.Choice(["none", "zlib", "lzma"]), default="zlib", show_default=True,
+                     help="Compression of the chunks on the wire (incompressible data goes raw)."),
+        click.option("--max-freeze", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
+                     help="Longest time in seconds a filesystem of the source stays frozen."),
+        click.option("--tracing", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+                     help="Find writes with tracefs block_rq_complete (auto) or with digest passes only (off)."),
+        click.option("--ssh-key", type=click.Path(exists=True, dir_okay=False), help="ssh private key for the login."),
+        click.option("--ssh-port", type=click.IntRange(1, 65535), help="ssh port (overrides :PORT)."),
+        click.option("--ssh-accept-new", is_flag=True, help="Trust the host key of a host seen for the first time."),
+        click.option("--ssh-known-hosts", type=click.Path(dir_okay=False),
+                     help="known_hosts file to check the host key in."),
+        click.option("--remote-python", default="python3", show_default=True, help="Python 3.6+ on the source."),
+    ]
+    for opt in reversed(opts):   # click applies the last decorator first: keep the listed order in --help
+        f = opt(f)
+    return f
+
+
 def windows_options(f: Callable) -> Callable:
     """--virtio-win, --allow-no-virtio and --disk-bus, shared by inspect and convert."""
     f = click.option("--disk-bus", type=click.Choice(["virtio", "scsi"]), default="virtio", show_default=True,
@@ -281,17 +302,7 @@ def _bandwidth(text: Optional[str]) -> int:
 @click.option("--disk", "disks", multiple=True, metavar="DEV",
               help="Capture only this whole-disk device of the source (repeatable; default: every disk).")
 @click.option("--bandwidth", help="Limit the wire to this many bytes per second, e.g. 40M.")
-@click.option("--compress", type=click.Choice(["none", "zlib", "lzma"]), default="zlib", show_default=True,
-              help="Compression of the chunks on the wire (incompressible data goes raw).")
-@click.option("--max-freeze", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
-              help="Longest time in seconds a filesystem of the source stays frozen.")
-@click.option("--tracing", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
-              help="Find writes with tracefs block_rq_complete (auto) or with digest passes only (off).")
-@click.option("--ssh-key", type=click.Path(exists=True, dir_okay=False), help="ssh private key for the login.")
-@click.option("--ssh-port", type=click.IntRange(1, 65535), help="ssh port (overrides :PORT).")
-@click.option("--ssh-accept-new", is_flag=True, help="Trust the host key of a host seen for the first time.")
-@click.option("--ssh-known-hosts", type=click.Path(dir_okay=False), help="known_hosts file to check the host key in.")
-@click.option("--remote-python", default="python3", show_default=True, help="Python 3.6+ on the source.")
+@capture_options
 @click.option("--capture-only", is_flag=True, help="Stop after the capture: raw images and manifest in --out.")
 @click.option("--dry-run", is_flag=True, help="Say what would be copied and how, then stop. Copies nothing.")
 @click.option("--json", "json_mode", is_flag=True, help="JSON lines on stdout: stages, progress, result.")
@@ -455,17 +466,7 @@ def _print_refresh(r: Any) -> None:
 @click.option("--vcpus", type=click.IntRange(1, 1024), help="Virtual CPUs (default 2).")
 @click.option("--mac", help="MAC address of the NIC (default: a random 52:54:00 address, kept for every refresh).")
 @click.option("--bandwidth", help="Limit the wire to this many bytes per second, e.g. 40M (every refresh).")
-@click.option("--compress", type=click.Choice(["none", "zlib", "lzma"]), default="zlib", show_default=True,
-              help="Compression of the chunks on the wire.")
-@click.option("--max-freeze", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
-              help="Longest time in seconds a filesystem of the source stays frozen.")
-@click.option("--tracing", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
-              help="Find writes during a capture with tracefs (auto) or with digest passes only (off).")
-@click.option("--ssh-key", type=click.Path(exists=True, dir_okay=False), help="ssh private key for the login.")
-@click.option("--ssh-port", type=click.IntRange(1, 65535), help="ssh port (overrides :PORT).")
-@click.option("--ssh-accept-new", is_flag=True, help="Trust the host key of a host seen for the first time.")
-@click.option("--ssh-known-hosts", type=click.Path(dir_okay=False), help="known_hosts file to check the host key in.")
-@click.option("--remote-python", default="python3", show_default=True, help="Python 3.6+ on the source.")
+@capture_options
 @click.option("--no-fixups", is_flag=True, help="Keep the fixed layers empty (a data disk without an OS).")
 @click.option("--keep", type=click.IntRange(1), default=7, show_default=True,
               help="Generations kept for rollback; older ones are merged into their successor.")
