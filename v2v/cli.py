@@ -77,6 +77,25 @@ def doctor(json_mode: bool, uri: str) -> None:
     sys.exit(1 if required_failed else 0)
 
 
+def domain_options(f: Callable) -> Callable:
+    """Where the converted guest is defined and how it is shaped, shared by convert disk and convert host."""
+    opts = [
+        click.option("--connect", "uri", default="qemu:///system", show_default=True,
+                     help="--to libvirt: libvirt URI."),
+        click.option("--network", default="default", show_default=True, help="libvirt network for the NIC."),
+        click.option("--bridge", default="", help="Host bridge for the NIC instead of a libvirt network."),
+        click.option("--memory", "memory_mib", type=click.IntRange(128, 4 << 20),
+                     help="Memory in MiB (default 2048)."),
+        click.option("--vcpus", type=click.IntRange(1, 1024), help="Virtual CPUs (default 2)."),
+        click.option("--mac", help="MAC address of the NIC (default: a random 52:54:00 address)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing domain or files of the same name."),
+        click.option("--verify-boot", is_flag=True, help="Boot a throwaway overlay of the result and report."),
+    ]
+    for opt in reversed(opts):   # click applies the last decorator first: keep the listed order in --help
+        f = opt(f)
+    return f
+
+
 def capture_options(f: Callable) -> Callable:
     """How the agent reaches and reads the source, shared by convert host and standby create."""
     opts = [
@@ -188,14 +207,7 @@ def convert() -> None:
               help="Format of the converted disks.")
 @click.option("--input-format", type=click.Choice(["raw", "qcow2", "vmdk", "vpc", "vhdx"]),
               help="Input format (default: detected from the content, not the file name).")
-@click.option("--connect", "uri", default="qemu:///system", show_default=True, help="--to libvirt: libvirt URI.")
-@click.option("--network", default="default", show_default=True, help="libvirt network for the NIC.")
-@click.option("--bridge", default="", help="Host bridge for the NIC instead of a libvirt network.")
-@click.option("--memory", "memory_mib", type=click.IntRange(128, 4 << 20), help="Memory in MiB (default 2048).")
-@click.option("--vcpus", type=click.IntRange(1, 1024), help="Virtual CPUs (default 2).")
-@click.option("--mac", help="MAC address of the NIC (default: a random 52:54:00 address).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing domain or files of the same name.")
-@click.option("--verify-boot", is_flag=True, help="Boot a throwaway overlay of the result and report.")
+@domain_options
 @click.option("--boot-timeout", type=float, help="Seconds to wait for the boot marker (default 240 KVM, 900 TCG).")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Directory for temporary overlays.")
 @windows_options
@@ -288,14 +300,7 @@ def _bandwidth(text: Optional[str]) -> int:
 @click.option("--storage", type=click.Path(file_okay=False), help="--to libvirt: directory for the disks.")
 @click.option("--format", "out_format", type=click.Choice(["qcow2", "raw"]), default="qcow2", show_default=True,
               help="Format of the converted disks.")
-@click.option("--connect", "uri", default="qemu:///system", show_default=True, help="--to libvirt: libvirt URI.")
-@click.option("--network", default="default", show_default=True, help="libvirt network for the NIC.")
-@click.option("--bridge", default="", help="Host bridge for the NIC instead of a libvirt network.")
-@click.option("--memory", "memory_mib", type=click.IntRange(128, 4 << 20), help="Memory in MiB (default 2048).")
-@click.option("--vcpus", type=click.IntRange(1, 1024), help="Virtual CPUs (default 2).")
-@click.option("--mac", help="MAC address of the NIC (default: a random 52:54:00 address).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing domain or files of the same name.")
-@click.option("--verify-boot", is_flag=True, help="Boot a throwaway overlay of the result and report.")
+@domain_options
 @click.option("--boot-timeout", type=float, help="Seconds to wait for the boot marker.")
 @click.option("--workdir", type=click.Path(file_okay=False),
               help="Directory for the staging images (kept for a resume) and the overlays.")
