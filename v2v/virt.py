@@ -1,5 +1,6 @@
 """The small libvirt layer shared by outputs/libvirt.py and verify.py; only place importing libvirt."""
-from typing import Optional
+import contextlib
+from typing import Any, Iterator, Optional
 
 from .errors import OutputError
 
@@ -28,6 +29,16 @@ def connect(uri: str):
     except libvirt.libvirtError as e:
         raise OutputError("cannot connect to libvirt at {}: {} (is libvirtd running? "
                           "try `v2v doctor`)".format(uri, e.get_error_message())) from None
+
+
+@contextlib.contextmanager
+def connection(uri: str) -> Iterator[Any]:
+    """A libvirt connection to uri (see connect), closed when the block ends."""
+    conn = connect(uri)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def lookup_domain(conn, name: str):

@@ -24,30 +24,23 @@ def spec_from_data(data: Dict[str, Any], disks: Sequence[str], bus: str) -> Doma
 def disk_paths(uri: str, name: str) -> Optional[Sequence[str]]:
     """The disk files the defined domain boots, or None when no such domain is defined."""
     from lxml import etree
-    conn = virt.connect(uri)
-    try:
+    with virt.connection(uri) as conn:
         dom = virt.lookup_domain(conn, name)
         if dom is None:
             return None
         tree = etree.fromstring(dom.XMLDesc(0).encode())
         return [s.get("file") for s in tree.findall("devices/disk[@device='disk']/source")]
-    finally:
-        conn.close()
 
 
 def is_running(uri: str, name: str) -> bool:
-    conn = virt.connect(uri)
-    try:
+    with virt.connection(uri) as conn:
         dom = virt.lookup_domain(conn, name)
         return bool(dom is not None and dom.isActive())
-    finally:
-        conn.close()
 
 
 def point_at(uri: str, spec: DomainSpec, refuse_running: bool = True) -> None:
     """Define (or redefine, keeping the UUID) the domain with spec's disks."""
-    conn = virt.connect(uri)
-    try:
+    with virt.connection(uri) as conn:
         dom = virt.lookup_domain(conn, spec.name)
         if dom is not None:
             if refuse_running and dom.isActive():
@@ -57,13 +50,10 @@ def point_at(uri: str, spec: DomainSpec, refuse_running: bool = True) -> None:
                 raise OutputError("a domain named {} exists in {} and is not this standby's (UUID {}); "
                                   "choose another --name".format(spec.name, uri, dom.UUIDString()))
         virt.define(conn, to_xml(spec))
-    finally:
-        conn.close()
 
 
 def start(uri: str, name: str) -> None:
-    conn = virt.connect(uri)
-    try:
+    with virt.connection(uri) as conn:
         dom = virt.lookup_domain(conn, name)
         if dom is None:
             raise OutputError("the standby domain {} is not defined in {}".format(name, uri))
@@ -73,5 +63,3 @@ def start(uri: str, name: str) -> None:
             dom.create()
         except virt.libvirt_error() as e:
             raise OutputError("libvirt could not start {}: {}".format(name, e.get_error_message())) from None
-    finally:
-        conn.close()
