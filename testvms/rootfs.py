@@ -24,6 +24,8 @@ ROOTFS_PARAMS = {
         "ifupdown", "isc-dhcp-client", "open-vm-tools", "lvm2",
         # what a small real install also has, and what the converter's boot proof runs (ip, findmnt, awk)
         "iproute2", "zstd", "procps",
+        # a server has sshd, and the capture agent needs python3: a booted test guest can be a live source
+        "openssh-server", "python3",
     ]),
     # Kernel module subtrees no test guest needs (hardware a VM never has); the rest is kept so the
     # converter sees a real Debian kernel (virtio and VMware drivers, dm, filesystems...).

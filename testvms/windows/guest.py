@@ -274,6 +274,7 @@ def _windows_tree(root: Path, spec: Dict, work: Path) -> None:
     _file(root, "Program Files/VMware/VMware Tools/tools.conf", b"[logging]\r\nlog = false\r\n")
     (root / "Users" / "Administrator").mkdir(parents=True)
     (root / "ProgramData").mkdir()
+    (root / "Windows" / "Temp").mkdir()     # every installed Windows has it (virt-v2v writes into it)
     # not hibernated: a zero header; the marker lets a refusal variant find the file's first cluster
     hiberfil = bytearray(MIB)
     hiberfil[HIBERFIL_MARKER_AT:HIBERFIL_MARKER_AT + len(HIBERFIL_MARKER)] = HIBERFIL_MARKER
