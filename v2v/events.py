@@ -3,6 +3,8 @@
 JSON events are one object per line on stdout with stable fields:
   {"event": "stage", "stage": "copy", "message": "..."}
   {"event": "progress", "stage": "copy", "done": 123, "total": 456, "unit": "bytes"}
+        + "rate" (units per second since the stage's first progress event) and "eta" (seconds left at
+          that rate), once there is a rate to tell
   {"event": "warning", "message": "..."}
   {"event": "info", "message": "..."}
   {"event": "result", ...}          the last line of a successful run
@@ -35,6 +37,7 @@ class Emitter:
         self._bar_stage = ""
         self._lock = threading.Lock()
         self._t0 = time.monotonic()
+        self._progress_start = {}     # stage -> (monotonic time, done) of its first progress event
         self.warnings: list = []
 
     def _json(self, obj: dict) -> None:
@@ -71,7 +74,9 @@ class Emitter:
 
     def progress(self, stage: str, done: int, total: int, unit: str = "bytes") -> None:
         if self.json_mode:
-            self._json({"event": "progress", "stage": stage, "done": done, "total": total, "unit": unit})
+            ev = {"event": "progress", "stage": stage, "done": done, "total": total, "unit": unit}
+            ev.update(self._rate(stage, done, total))
+            self._json(ev)
             return
         if self.quiet or not self.tty or tqdm is None:
             return
@@ -85,6 +90,14 @@ class Emitter:
             self._bar.update(max(0, done - self._bar.n))
             if done >= total:
                 self._close_bar()
+
+    def _rate(self, stage: str, done: int, total: int) -> dict:
+        now = time.monotonic()
+        t, first = self._progress_start.setdefault(stage, (now, done))
+        if now - t < 0.5 or done <= first:
+            return {}
+        rate = (done - first) / (now - t)
+        return {"rate": round(rate), "eta": round(max(0, total - done) / rate, 1)}
 
     def _close_bar(self) -> None:
         if self._bar is not None:

@@ -44,3 +44,16 @@ def test_plain_stream_gets_no_control_sequences():
     with ev.busy("fix", "converting the guest"):
         ev.progress("copy", 1, 2)
     assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
+
+
+def test_json_progress_carries_rate_and_eta_once_measurable():
+    import time
+    out = io.StringIO()
+    ev = Emitter(json_mode=True, stream=out)
+    ev.progress("capture", 0, 1000)
+    time.sleep(0.6)
+    ev.progress("capture", 300, 1000)
+    first, second = [json.loads(ln) for ln in out.getvalue().splitlines()]
+    assert "rate" not in first and "eta" not in first
+    assert 300 / 1.5 < second["rate"] < 300 / 0.55
+    assert abs(second["eta"] - 700 / second["rate"]) < 0.2

@@ -18,9 +18,8 @@ class LibvirtOutput(Output):
             if self.opts.storage:
                 self._dir = os.path.abspath(self.opts.storage)
             else:
-                conn = virt.connect(self.opts.uri)
-                path = virt.pool_path(conn, "default")
-                conn.close()
+                with virt.connection(self.opts.uri) as conn:
+                    path = virt.pool_path(conn, "default")
                 if path is None:
                     raise OutputError("libvirt at {} has no storage pool named 'default'; pass --storage DIR "
                                       "(a directory for the disks)".format(self.opts.uri))
@@ -28,8 +27,7 @@ class LibvirtOutput(Output):
         return self._dir
 
     def check(self, overlays: Sequence[Overlay]) -> None:
-        conn = virt.connect(self.opts.uri)
-        try:
+        with virt.connection(self.opts.uri) as conn:
             dom = virt.lookup_domain(conn, self.opts.name)
             if dom is not None:
                 if not self.opts.overwrite:
@@ -38,15 +36,12 @@ class LibvirtOutput(Output):
                 if dom.isActive():
                     raise OutputError("domain {} is running; shut it down before overwriting it".format(
                         self.opts.name))
-        finally:
-            conn.close()
         super().check(overlays)
 
     def finalize(self, plan: Plan, targets: Sequence[TargetDisk]) -> Result:
         placed = self.place(targets)
         xml = to_xml(self.domain_spec(plan, placed))
-        conn = virt.connect(self.opts.uri)
-        try:
+        with virt.connection(self.opts.uri) as conn:
             old = virt.lookup_domain(conn, plan.name)
             if old is not None:   # --overwrite was checked; keep the old UUID so references stay valid
                 from lxml import etree
@@ -55,8 +50,6 @@ class LibvirtOutput(Output):
                 xml = etree.tostring(tree, pretty_print=True, encoding="unicode")
             virt.define(conn, xml)
             virt.refresh_pools_containing(conn, self.disk_dir())
-        finally:
-            conn.close()
         self._placed.clear()
         return Result(name=plan.name, output=self.kind, disks=tuple(placed), domain_xml="",
                       libvirt_uri=self.opts.uri, plan=plan)

@@ -572,11 +572,7 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
         raise
     except (Interrupted, KeyboardInterrupt) as e:
         keep = staging is not None
-        if writer is not None:
-            try:
-                writer.close()
-            except BaseException:
-                pass
+        _drain_quietly(writer)               # what was received is written before it is recorded
         if staging is not None:
             staging.commit()
             msg = str(e).split(";")[0] if isinstance(e, Interrupted) else "interrupted"
@@ -589,16 +585,21 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
         raise OutputError("staging manifest in {}: {}".format(staging.path if staging else "", e)) from None
     finally:
         s.close(kill=True)
-        if writer is not None:
-            try:
-                writer.close()
-            except BaseException:
-                pass
+        _drain_quietly(writer)
         if staging is not None:
             if ok or keep:
                 staging.close()
             else:
                 staging.remove()
+
+
+def _drain_quietly(writer: Optional[_Writer]) -> None:
+    """Let the writer finish what it holds while another error is already on its way up."""
+    if writer is not None:
+        try:
+            writer.close()
+        except BaseException:
+            pass
 
 
 def _expect(f: protocol.Frame, ftype: int) -> protocol.Frame:
