@@ -22,7 +22,7 @@ import diskfmt.usedmap.ntfs  # noqa: F401
 import diskfmt.usedmap.swap  # noqa: F401
 import diskfmt.usedmap.xfs  # noqa: F401
 
-from . import protocol
+from . import protocol, resident
 from .consistency import ConsistencyError, DigestPass, DiskCapture, capture_disks, choose_mode, rw_mounts, thaw_all
 from .discover import Disk, DiscoveryError, discover, lvm_summary
 from .fsmap import map_disk, table_partitions
@@ -153,6 +153,27 @@ def _make_tracker(disks: List[Disk], mode: str) -> Tuple[Any, str]:
         return DigestPass(), "tracefs unavailable ({}): digest passes instead".format(e)
 
 
+def _resident(req: Optional[Dict[str, Any]], disks: List[Disk]
+              ) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """The resident tracker a standby asked for (started when not running) and this capture's epoch in it;
+    (report, bytes written per device since the epoch asked for, or None: read every used chunk)."""
+    if not req:
+        return None, None
+    try:
+        report, written = resident.rotate(str(req.get("id", "")), [d.device for d in disks], req.get("since"),
+                                          float(req.get("ttl", resident.DEFAULT_TTL)))
+    except (OSError, ValueError) as e:
+        return {"epoch": None, "since": req.get("since"), "started": False, "reason": str(e),
+                "message": "no resident write tracker ({}): every used chunk is read".format(e)}, None
+    if written is not None:
+        report["message"] = "resident tracker: {} bytes written since epoch {}; only those chunks are read".format(
+            report["tracked_bytes"], report["since"])
+    else:
+        report["message"] = "resident tracker {} (epoch {}); every used chunk is read: {}".format(
+            "started" if report["started"] else "running", report["epoch"], report["reason"])
+    return report, written
+
+
 def serve(inp: BinaryIO, out: BinaryIO) -> int:
     """One capture session on a protocol stream; the exit code."""
     reader = protocol.FrameReader(inp.read)
@@ -193,6 +214,10 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         if frame.type != protocol.HAVE:
             raise protocol.CorruptFrame("expected HAVE or GO, got {}".format(protocol.frame_name(frame.type)))
         have.setdefault(frame.disk, {}).update(((o, n), sha) for o, n, sha in protocol.decode_have(frame))
+    resident_report, tracked = _resident(opts.get("resident"), disks)
+    if resident_report is not None:
+        wire.json(protocol.INFO, {"kind": "resident", "message": resident_report["message"],
+                                  "report": resident_report})
     tracker, why = _make_tracker(disks, opts.get("tracing", "auto"))
     wire.json(protocol.INFO, {"kind": "tracking", "message": "change tracking: {}{}".format(
         tracker.name, "; " + why if why else "")})
@@ -207,7 +232,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                 wire.json(protocol.INFO, dict(fields, kind=kind, message=message), disk=i)
 
             caps.append(DiskCapture(d, send, note, have.get(i, {}), chunk))
-        done = capture_disks(caps, tracker, float(opts.get("max_freeze", 2.0)), int(opts.get("max_rounds", 4)))
+        done = capture_disks(caps, tracker, float(opts.get("max_freeze", 2.0)), int(opts.get("max_rounds", 4)),
+                             tracked)
         for i, (d, rep) in enumerate(zip(disks, done)):
             reports.append(rep._asdict())
             wire.json(protocol.INFO, {"kind": "disk-done", "message": "{} captured ({})".format(d.device, rep.mode),
@@ -220,7 +246,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     wire.json(protocol.END, {"bytes_on_wire": wire.bytes_on_wire, "raw_bytes": wire.raw_bytes,
                              "zero_bytes": wire.zero_bytes, "chunks": wire.chunks,
                              "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 3),
-                             "throttled_seconds": round(wire.bucket.slept, 3), "disks": reports})
+                             "throttled_seconds": round(wire.bucket.slept, 3), "disks": reports,
+                             "resident": resident_report})
     return 0
 
 

@@ -170,6 +170,7 @@ class DiskReport(NamedTuple):
     maps: Tuple[Dict[str, Any], ...]
     consistent: bool
     full_passes: int = 0              # passes that read every chunk (digest pass, or trace events lost)
+    tracked_bytes: Optional[int] = None   # the first pass read only these (the resident tracker's record)
 
 
 def _map_json(rm: RegionMap) -> Dict[str, Any]:
@@ -252,8 +253,9 @@ class DiskCapture:
 class _Progress:
     """What one disk went through, while ``capture_disks`` runs."""
 
-    def __init__(self, cap: DiskCapture) -> None:
+    def __init__(self, cap: DiskCapture, tracked: Optional[ExtentList] = None) -> None:
         self.cap = cap
+        self.tracked = tracked
         self.mode, self.reason = choose_mode(cap.disk)
         self.mountpoints = [mp for _, mp, _ in rw_mounts(cap.disk)]
         self.rounds: List[int] = []
@@ -265,20 +267,23 @@ class _Progress:
         dev = self.cap.disk.device
         changed = tracker.take(dev)
         if first:
-            changed = None                     # the first pass reads everything
+            changed = self.tracked             # the first pass reads everything, or what was written since
         self.full += changed is None
         self.extents, self.maps = self.cap.map(live=self.mode != "offline")
         sent = self.cap.copy_pass(self.extents, changed)
         self.rounds.append(sent)
-        what = "offline copy" if self.mode == "offline" else "live copy" if first else \
-            "converge round {} ({})".format(len(self.rounds) - 1, tracker.name)
+        what = "converge round {} ({})".format(len(self.rounds) - 1, tracker.name) if not first else \
+            ("offline" if self.mode == "offline" else "live") + (
+                " copy" if self.tracked is None else " copy of what was written since the last capture ({} "
+                "bytes recorded by the resident tracker)".format(self.tracked.total()))
         self.cap.note("round", "{} of {}: {} bytes sent".format(what, dev, sent), disk=dev, sent=sent)
         return sent
 
     def report(self, tracker: Any, fz: Optional[Freeze], consistent: bool) -> DiskReport:
         if self.mode == "offline" or fz is None:
             return DiskReport(self.mode, self.reason, "none", tuple(self.rounds), 0.0, (), (),
-                              self.extents.total(), tuple(_map_json(m) for m in self.maps), True, self.full)
+                              self.extents.total(), tuple(_map_json(m) for m in self.maps), True, self.full,
+                              self.tracked_bytes())
         mine = set(self.mountpoints)
         unsupported = tuple(mp for mp in fz.unsupported if mp in mine)
         reason = self.reason
@@ -287,16 +292,22 @@ class _Progress:
                       "crash-consistent".format(", ".join(unsupported))
         return DiskReport(self.mode, reason, tracker.name, tuple(self.rounds), round(fz.seconds, 4),
                           tuple(mp for mp in fz.frozen if mp in mine), unsupported, self.extents.total(),
-                          tuple(_map_json(m) for m in self.maps), consistent and not unsupported, self.full)
+                          tuple(_map_json(m) for m in self.maps), consistent and not unsupported, self.full,
+                          self.tracked_bytes())
+
+    def tracked_bytes(self) -> Optional[int]:
+        return None if self.tracked is None else self.tracked.total()
 
 
-def capture_disks(caps: List[DiskCapture], tracker: Any, max_freeze: float,
-                  max_rounds: int = MAX_ROUNDS) -> List[DiskReport]:
+def capture_disks(caps: List[DiskCapture], tracker: Any, max_freeze: float, max_rounds: int = MAX_ROUNDS,
+                  tracked: Optional[Dict[str, ExtentList]] = None) -> List[DiskReport]:
     """Copy every disk with the mode ``choose_mode`` picks; the reports say what was done.
 
     The read-write filesystems of all freeze-converge disks are frozen in one window, so that a volume
-    spanning disks (LVM, md) is captured at one instant."""
-    states = [_Progress(c) for c in caps]
+    spanning disks (LVM, md) is captured at one instant. ``tracked`` (device -> bytes written since the
+    converter's copy was made, a superset) lets the first pass read only those chunks and the chunks the
+    converter does not hold."""
+    states = [_Progress(c, tracked.get(c.disk.device) if tracked is not None else None) for c in caps]
     live = [st for st in states if st.mode == "freeze-converge"]
     for st in states:
         st.copy(tracker, first=True)

@@ -49,13 +49,13 @@ def _write(path: str, text: str) -> None:
 class Tracer:
     name = "tracefs block_rq_complete"
 
-    def __init__(self, devices: List[str], buffer_kb: int = 16384) -> None:
+    def __init__(self, devices: List[str], buffer_kb: int = 16384, name: str = "") -> None:
         root = _tracefs()
         self.devs: Dict[tuple, str] = {}
         for dev in devices:
             rdev = os.stat(dev).st_rdev
             self.devs[(os.major(rdev), os.minor(rdev))] = dev
-        self.inst = os.path.join(root, "instances", "v2v-agent-{}".format(os.getpid()))
+        self.inst = os.path.join(root, "instances", name or "v2v-agent-{}".format(os.getpid()))
         os.mkdir(self.inst)
         self._lock = threading.Lock()
         self._pending: Dict[str, ExtentList] = {d: ExtentList() for d in devices}
@@ -143,6 +143,19 @@ class Tracer:
         with self._lock:
             got = self._pending[dev]
             self._pending[dev] = ExtentList()
+        return None if lost else got
+
+    def take_all(self) -> Optional[Dict[str, ExtentList]]:
+        """Bytes written on every device since the last take, by device; None if the record may be
+        incomplete for any of them."""
+        synced = self._sync()
+        overruns = self._overrun_count()
+        lost = self._lost or not synced or overruns != self._overruns
+        self._overruns = overruns
+        self._lost = False
+        with self._lock:
+            got = self._pending
+            self._pending = {d: ExtentList() for d in got}
         return None if lost else got
 
     def _remove(self) -> None:

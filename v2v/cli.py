@@ -449,6 +449,8 @@ def _standby_call(json_mode: bool, fn: Callable[[Emitter], Any]) -> Any:
 
 
 def _print_refresh(r: Any) -> None:
+    if r.tracker:
+        click.echo("{}: {}".format(r.name, r.tracker))
     if r.changed:
         click.echo("{}: generation {} serving; {} bytes changed, {} bytes on the wire (source uses {}), "
                    "{:.1f}s".format(r.name, r.generation, r.changed_bytes, r.wire_bytes, r.used_bytes, r.seconds))
@@ -475,14 +477,21 @@ def _print_refresh(r: Any) -> None:
 @click.option("--no-fixups", is_flag=True, help="Keep the fixed layers empty (a data disk without an OS).")
 @click.option("--keep", type=click.IntRange(1), default=7, show_default=True,
               help="Generations kept for rollback; older ones are merged into their successor.")
+@click.option("--no-tracker", is_flag=True,
+              help="No resident write tracker on the source: every refresh reads all used blocks.")
 @click.option("--json", "json_mode", is_flag=True, help="JSON lines on stdout: stages, progress, result.")
 def standby_create(target: str, name: str, directory: Optional[str], disks: Sequence[str], uri: str, network: str,
                    bridge: str, memory_mib: Optional[int], vcpus: Optional[int], mac: Optional[str],
                    bandwidth: Optional[str], compress: str, max_freeze: float, tracing: str, ssh_key: Optional[str],
                    ssh_port: Optional[int], ssh_accept_new: bool, ssh_known_hosts: Optional[str], remote_python: str,
-                   no_fixups: bool, keep: int, json_mode: bool) -> None:
+                   no_fixups: bool, keep: int, no_tracker: bool, json_mode: bool) -> None:
     """Create the standby NAME of the running host USER@HOST: a full capture, the fixups, the domain
     defined (not started). The ssh and capture options are kept for every refresh.
+
+    Unless --no-tracker, the agent leaves a write tracker running on the source (a process named
+    v2v-tracker: tracefs events, held in memory, nothing written to disk; it ends by itself after 8 days
+    without a refresh, or with `pkill v2v-tracker`). A refresh then reads only the blocks written since
+    the last one; after a reboot of the source it reads every used block once.
 
     \b
     Examples:
@@ -504,7 +513,8 @@ def standby_create(target: str, name: str, directory: Optional[str], disks: Sequ
                                     ssh_known_hosts=os.path.abspath(ssh_known_hosts) if ssh_known_hosts else None)
         o = sb.StandbyOptions(name=name, directory=os.path.abspath(directory or sb.default_dir(name)), uri=uri,
                               network=network, bridge=bridge, memory_mib=memory_mib, vcpus=vcpus,
-                              mac=mac.lower() if mac else None, fixups=not no_fixups, keep=keep)
+                              mac=mac.lower() if mac else None, fixups=not no_fixups, keep=keep,
+                              tracker=not no_tracker)
         return sb.create(str(t), copts, o, events)
     events, r = _standby_call(json_mode, go)
     events.result({"standby": to_json(r)})

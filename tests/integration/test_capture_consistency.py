@@ -86,3 +86,73 @@ def test_watchdog_thaws_after_the_freeze_limit_even_if_the_holder_hangs():
         finally:
             p.kill()
             p.wait(timeout=30)
+
+
+def _rotate(ident: str, device: str, since):
+    """resident.rotate in a process of its own (it forks the tracker off its caller)."""
+    import json
+    code = ("import json, sys\n"
+            "from linux_capture import resident\n"
+            "rep, w = resident.rotate(sys.argv[1], [sys.argv[2]], json.loads(sys.argv[3]))\n"
+            "print(json.dumps(dict(rep, written=None if w is None else {d: e.to_compact() for d, e in w.items()})))\n")
+    cp = subprocess.run([sys.executable, "-c", code, ident, device, json.dumps(since)], cwd=str(ROOT),
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    return json.loads(cp.stdout)
+
+
+def _tracker_pid(ident: str):
+    from linux_capture import resident
+    hello = resident.request(ident, {"op": "hello"})
+    return None if hello is None else hello["pid"]
+
+
+def test_resident_tracker_outlives_its_starter_and_answers_what_was_written_since_an_epoch():
+    need("mkfs.ext4")
+    from diskfmt.extents import ExtentList
+    from linux_capture import resident
+    ident = "test-{}".format(os.getpid())
+    with loop_fs("ext4", mount=False) as fs:
+        try:
+            first = _rotate(ident, fs.device, None)
+            if "tracefs" in first.get("reason", "") and first["written"] is None and not _tracker_pid(ident):
+                pytest.skip("tracefs is not usable here")
+            pid = _tracker_pid(ident)
+            assert first["started"] and pid, first
+            with open("/proc/{}/comm".format(pid)) as f:
+                assert f.read().strip() == "v2v-tracker"
+            run("dd", "if=/dev/urandom", "of=" + fs.device, "bs=4096", "seek=1000", "count=3", "oflag=direct",
+                "conv=notrunc")
+            second = _rotate(ident, fs.device, first["epoch"])
+            assert not second["started"] and _tracker_pid(ident) == pid, second
+            got = ExtentList.from_compact(second["written"][fs.device])
+            assert got.covers(1000 * 4096, 1003 * 4096) and second["tracked_bytes"] == got.total(), second
+            # nothing written since the second epoch: nothing to read (reads are not recorded)
+            run("dd", "if=" + fs.device, "of=/dev/null", "bs=4096", "count=64", "iflag=direct")
+            third = _rotate(ident, fs.device, second["epoch"])
+            assert third["tracked_bytes"] == 0, third
+            # only root may ask
+            nobody = subprocess.run(
+                ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable, "-c",
+                 "import sys, json\nfrom linux_capture import resident\n"
+                 "print(json.dumps(resident.request(sys.argv[1], {'op': 'rotate', 'since': None})))", ident],
+                cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+            assert "only root" in nobody.stdout, (nobody.stdout, nobody.stderr)
+            # a killed tracker: the next capture is told so and reads everything
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(50):
+                if _tracker_pid(ident) is None:
+                    break
+                time.sleep(0.1)
+            fourth = _rotate(ident, fs.device, third["epoch"])
+            assert fourth["started"] and fourth["written"] is None and "no tracker was running" in fourth["reason"]
+            assert _tracker_pid(ident) not in (None, pid)
+        finally:
+            resident.request(ident, {"op": "stop"})
+        inst = "/sys/kernel/tracing/instances/v2v-tracker-" + ident
+        for _ in range(100):
+            if _tracker_pid(ident) is None and not os.path.exists(inst):
+                break
+            time.sleep(0.1)
+        assert _tracker_pid(ident) is None, "the tracker did not stop when asked"
+        assert not os.path.exists(inst), "the stopped tracker left its trace instance"

@@ -99,6 +99,25 @@ def _undefine():
                    stderr=subprocess.DEVNULL, timeout=60)
 
 
+def _tracker_id(directory):
+    from v2v.standby.state import State
+    if not os.path.exists(os.path.join(directory, "standby.sqlite")):
+        return None
+    st = State(directory)
+    try:
+        return st.get("tracker_id")
+    finally:
+        st.close()
+
+
+def _stop_tracker(directory):
+    """The resident tracker the standby left on the source (this host): asked to stop, as a user would."""
+    from linux_capture import resident
+    ident = _tracker_id(directory)
+    if ident:
+        resident.request(ident, {"op": "stop"})
+
+
 @pytest.fixture(scope="module")
 def sb():
     need("sshd", "losetup", "virsh", "qemu-img")
@@ -117,6 +136,7 @@ def sb():
             s.work = d
             yield s
     finally:
+        _stop_tracker(os.path.join(d, "sb"))
         _undefine()
         shutil.rmtree(d, ignore_errors=True)
 
@@ -169,6 +189,12 @@ def test_refresh_after_a_small_change_sends_about_that_much_into_a_new_generatio
     assert r["wire_bytes"] <= r["changed_bytes"] + 256 * 1024, r
     assert r["changed_bytes"] <= 0.5 * r["used_bytes"], r
     assert sb.domain_disks() == [os.path.join(sb.dir, "fixed.g2.qcow2")]
+    if r["read_bytes"] is not None:
+        # the resident tracker ran since the create: only what was written since is read, not every used block
+        assert "only those chunks are read" in r["tracker"], r
+        assert r["read_bytes"] <= 0.2 * r["used_bytes"], r
+    else:
+        assert "every used chunk is read" in r["tracker"], r
     info = json.loads(run("qemu-img", "info", "--output=json", os.path.join(sb.dir, "replica.g2.qcow2")).stdout)
     assert info["backing-filename"] == os.path.join(sb.dir, "replica.g1.qcow2")
     assert sb.files_of(2, sb.work) == expected
@@ -178,8 +204,9 @@ def test_refresh_after_a_small_change_sends_about_that_much_into_a_new_generatio
     assert st["generations"][1]["changed_bytes"] == r["changed_bytes"]
     with capsys.disabled():
         print("\n    [standby] small change: {:.2f} MiB changed, {:.2f} MiB on the wire of {:.1f} MiB used, {:.1f}s "
-              "(full capture {:.1f}s)".format(r["changed_bytes"] / MiB, r["wire_bytes"] / MiB, r["used_bytes"] / MiB,
-                                              r["seconds"], sb.created["seconds"]), end="")
+              "(full capture {:.1f}s); {}".format(r["changed_bytes"] / MiB, r["wire_bytes"] / MiB,
+                                                 r["used_bytes"] / MiB, r["seconds"], sb.created["seconds"],
+                                                 r["tracker"]), end="")
 
 
 def test_rollback_points_the_domain_at_the_earlier_generation(sb):
@@ -332,3 +359,32 @@ def test_timer_units_pass_systemd_analyze_verify(sb, tmp_path):
     assert check.returncode == 0 and NAME not in check.stdout, check.stdout
     cp = sb.cli("timer", NAME, "--dir", sb.dir, "--on-calendar", "*-*-* 25:00", "--unit-dir", str(tmp_path / "bad"))
     assert cp.returncode == 1 and "not a systemd calendar expression" in cp.stderr, cp.stderr
+
+
+def test_refresh_after_the_tracker_was_killed_reads_everything_and_misses_nothing(sb, capsys):
+    from linux_capture import resident
+    ident = _tracker_id(sb.dir)
+    hello = resident.request(ident, {"op": "hello"}) if ident else None
+    if hello is None:
+        pytest.skip("no resident tracker runs here (tracefs unusable?)")
+    os.kill(hello["pid"], signal.SIGKILL)           # as a reboot of the source would end it
+    for _ in range(50):
+        if resident.request(ident, {"op": "hello"}) is None:
+            break
+        time.sleep(0.1)
+
+    def edit(mnt):
+        with open(os.path.join(mnt, "dir", "after-kill.bin"), "wb") as f:
+            f.write(random.Random(62).randbytes(200 * 1024))
+    sb.change(edit)
+    expected = sb.source_files()
+    r = sb.refresh()
+    assert r["read_bytes"] is None and "no tracker was running" in r["tracker"], r
+    assert r["changed"] and sb.files_of(r["generation"], sb.work) == expected
+    # the tracker runs again: the refresh after this one reads only what is written in between
+    again = sb.refresh()
+    assert not again["changed"] and again["read_bytes"] is not None and again["read_bytes"] < 2 * MiB, again
+    with capsys.disabled():
+        print("\n    [standby] tracker killed: that refresh read all {:.1f} MiB used ({}); the next one read {:.2f} "
+              "MiB".format(r["used_bytes"] / MiB, r["tracker"], again["read_bytes"] / MiB), end="")
+

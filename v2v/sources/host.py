@@ -76,6 +76,7 @@ class CaptureOptions:
     remote_python: str = "python3"
     dry_run: bool = False
     staging: Optional[str] = None          # directory; default under --workdir or /var/tmp
+    resident: Optional[Dict[str, Any]] = None   # a standby's resident write tracker: {"id", "since"}
 
 
 @dataclass(frozen=True)
@@ -440,7 +441,7 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
         s.send(protocol.encode_json(protocol.OPTIONS, {
             "disks": list(o.disks), "compress": o.compress, "bandwidth": o.bandwidth,
             "max_freeze": o.max_freeze, "max_rounds": o.max_rounds, "tracing": o.tracing,
-            "dry_run": o.dry_run, "chunk": 1 << 20}))
+            "dry_run": o.dry_run, "chunk": 1 << 20, "resident": o.resident}))
 
         def next_frame() -> protocol.Frame:
             try:

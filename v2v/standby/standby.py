@@ -46,6 +46,7 @@ class StandbyOptions:
     fixups: bool = True            # False: the fixed layer is left empty (a source without an OS: tests)
     keep: int = DEFAULT_KEEP       # generations kept for rollback; older ones are merged into their successor
     bandwidth: Optional[int] = None  # this run's wire limit (bytes/s), instead of the one given at create
+    tracker: bool = True           # a resident write tracker on the source between refreshes
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class RefreshReport:
     seconds: float
     capture_seconds: float
     fix_lines: Tuple[str, ...] = ()
+    tracker: str = ""              # what the resident write tracker did for this run, one line
+    read_bytes: Optional[int] = None   # bytes the tracker told the agent to read (None: every used chunk)
 
 
 def default_dir(name: str) -> str:
@@ -125,7 +128,22 @@ def _capture(st: State, events: Emitter, o: StandbyOptions) -> host.CaptureRepor
                                        staging=os.path.join(o.directory, "staging")))
     if o.bandwidth is not None:
         copts = replace(copts, bandwidth=o.bandwidth)
+    if st.get("tracker_id"):
+        copts = replace(copts, resident={"id": st.get("tracker_id"), "since": st.get("tracker_epoch")})
     return host.capture(target, copts, events)
+
+
+def _tracker_result(st: State, report: host.CaptureReport) -> Tuple[str, Optional[int]]:
+    """Remember this capture's epoch for the next refresh (call it once the run's result is kept);
+    (one line on what the tracker did, bytes it limited the reads to)."""
+    res = report.agent.get("resident")
+    if not st.get("tracker_id"):
+        return "", None
+    if not res:
+        st.put("tracker_epoch", None)
+        return "no resident tracker (the agent did not report one)", None
+    st.put("tracker_epoch", res.get("epoch"))
+    return res.get("message", ""), res.get("tracked_bytes")
 
 
 def _fixed_layers(o: StandbyOptions, st: State, replicas: Sequence[str], fixed: Sequence[str],
@@ -209,6 +227,8 @@ def create(target_text: str, capture: host.CaptureOptions, o: StandbyOptions, ev
             st.put("uri", o.uri)
             st.put("fixups", o.fixups)
             st.put("keep", o.keep)
+            if o.tracker:
+                st.put("tracker_id", "sb-" + os.urandom(6).hex())
             st.put("capture", {k: v for k, v in capture.__dict__.items() if k not in ("staging", "dry_run")})
             return _new_generation(o, st, "create", events, t0)
         finally:
@@ -280,12 +300,13 @@ def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0
         changed = sum(n for rs in ranges.values() for _, n in rs)
         if prev is not None and not ranges:
             _empty_staging_images(report.staging)
+            tracked, read = _tracker_result(st, report)
             st.finish_run(run_id, "no-change", prev.number, 0, report.wire_bytes,
                           "no chunk differs from generation {}".format(prev.number))
             events.info("no change since generation {}: {} on the wire".format(
                 prev.number, host._human(report.wire_bytes)))
             return RefreshReport(o.name, st.current(), False, 0, report.wire_bytes, used,
-                                 time.monotonic() - t0, report.seconds)
+                                 time.monotonic() - t0, report.seconds, (), tracked, read)
         count = len(report.images)
         replicas = [os.path.join(o.directory, _image_name("replica", number, i, count)) for i in range(count)]
         fixed = [os.path.join(o.directory, _image_name("fixed", number, i, count)) for i in range(count)]
@@ -310,6 +331,7 @@ def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0
                          tuple(os.path.basename(p) for p in fixed), changed, report.wire_bytes,
                          round(time.monotonic() - t0, 1))
         st.add_generation(gen, manifest)
+        tracked, read = _tracker_result(st, report)
         _empty_staging_images(report.staging)
         st.finish_run(run_id, "ok", number, changed, report.wire_bytes, "")
         st.put("keep", o.keep)
@@ -317,7 +339,7 @@ def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0
         events.info("generation {} serving: {} changed, {} on the wire".format(
             number, host._human(changed), host._human(report.wire_bytes)))
         return RefreshReport(o.name, number, True, changed, report.wire_bytes, used, time.monotonic() - t0,
-                             report.seconds, lines)
+                             report.seconds, lines, tracked, read)
     except (V2VError, KeyboardInterrupt) as e:
         try:
             st.finish_run(run_id, "failed", st.current(), 0, 0, str(e).split("\n")[0] or type(e).__name__)
