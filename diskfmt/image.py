@@ -7,7 +7,7 @@ import json
 import os
 import re
 import subprocess
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from v2v.command import output, run
 from v2v.errors import CommandError, OutputError, SourceError
@@ -127,16 +127,40 @@ def measure(path: str, fmt: str, out_fmt: str) -> Dict:
     return json.loads(output([QEMU_IMG, "measure", "--output=json", "-f", fmt, "-O", out_fmt, path]))
 
 
-def write_range(src_raw: str, dst_qcow2: str, offset: int, length: int) -> None:
-    """Copy bytes [offset, offset+length) of a raw image into the same range of a qcow2 image (zeros
-    become zero clusters, so a range that became zero hides the backing file's old data)."""
-    def slice_opts(child: str) -> str:
-        return "driver=raw,offset={},size={},{}".format(offset, length, child)
-    run([QEMU_IMG, "convert", "-n", "-q", "--image-opts",
-         slice_opts("file.driver=file,file.filename=" + os.path.abspath(src_raw)),
-         "--target-image-opts",
-         slice_opts("file.driver=qcow2,file.file.driver=file,file.file.filename=" + os.path.abspath(dst_qcow2))],
-        what="writing changed blocks into " + os.path.basename(dst_qcow2))
+def write_ranges(src_raw: str, dst_qcow2: str, ranges: List[Tuple[int, int]], piece: int = 4 << 20) -> None:
+    """Copy the byte ranges of a raw image into the same ranges of a qcow2 image, through one qemu-nbd
+    (libnbd starts it by socket activation): one process for a refresh's scattered chunks. All-zero
+    pieces become zero writes: zero clusters hide the backing file's old data."""
+    if not ranges:
+        return
+    import nbd
+    h = nbd.NBD()
+    try:
+        h.connect_systemd_socket_activation(["qemu-nbd", "-f", "qcow2", "--cache=writeback",
+                                             os.path.abspath(dst_qcow2)])
+        fd = os.open(src_raw, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for offset, length in ranges:
+                pos, end = offset, offset + length
+                while pos < end:
+                    n = min(piece, end - pos)
+                    data = os.pread(fd, n, pos)
+                    if len(data) != n:
+                        raise OutputError("{}: short read at offset {} ({} of {} bytes)".format(
+                            src_raw, pos, len(data), n))
+                    if data.count(0) == n:
+                        h.zero(n, pos)
+                    else:
+                        h.pwrite(data, pos)
+                    pos += n
+        finally:
+            os.close(fd)
+        h.flush()
+        h.shutdown()
+    except nbd.Error as e:
+        raise OutputError("writing changed blocks into {}: {}".format(os.path.basename(dst_qcow2), e)) from None
+    finally:
+        del h                               # closes the connection and reaps qemu-nbd
 
 
 def rebase_unsafe(path: str, backing: str, backing_fmt: str = "qcow2") -> None:

@@ -318,8 +318,7 @@ def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0
                 image.convert(raw, "raw", tmp, "qcow2")
             else:
                 image.create_overlay(os.path.join(o.directory, prev.replica[i]), "qcow2", tmp)
-                for off, n in ranges.get(i, []):
-                    image.write_range(raw, tmp, off, n)
+                image.write_ranges(raw, tmp, ranges.get(i, []))
             os.replace(tmp, dst)
         plan, lines = _fixed_layers(o, st, replicas, fixed, events)
         from ..doctor import choose_accel
