@@ -1,6 +1,7 @@
 """The source-side agent: speaks the protocol on stdin/stdout and sends the disks' used blocks.
 
-Run as root on the source, by the converter over ssh (``python3 v2v-agent.pyz`` or the stdin bootstrap).
+Run as root on the source, by the converter over ssh (``python3 v2v-agent.pyz`` or the stdin bootstrap),
+or by hand in push mode (``--connect HOST:PORT --ca --cert --key``: linux_capture/push.py).
 ``python3 v2v-agent.pyz --plan [--disk /dev/sdX ...]`` prints what would be copied, as JSON, and exits.
 Standard library only, Python 3.6+: nothing is installed on the source and no kernel module is loaded.
 """
@@ -22,10 +23,13 @@ import diskfmt.usedmap.ntfs  # noqa: F401
 import diskfmt.usedmap.swap  # noqa: F401
 import diskfmt.usedmap.xfs  # noqa: F401
 
-from . import protocol, resident
+from diskfmt.extents import ExtentList
+
+from . import lvm, protocol, resident
 from .consistency import ConsistencyError, DigestPass, DiskCapture, capture_disks, choose_mode, rw_mounts, thaw_all
-from .discover import Disk, DiscoveryError, discover, lvm_summary
-from .fsmap import map_disk, table_partitions
+from .discover import Disk, DiscoveryError, Region, discover, lvm_summary
+from .fsmap import RegionMap, map_disk, table_partitions
+from .snapset import plan_map
 from .tracer import Tracer
 
 AGENT_VERSION = "0.1.0"
@@ -132,11 +136,43 @@ def describe(disk: Disk) -> Dict[str, Any]:
                         for r in disk.regions]}
 
 
+def _snapshot_plan(disk: Disk) -> Tuple[List[Tuple[Region, ExtentList, str]], List[str]]:
+    """The PV partitions a capture would read from LVM snapshots, with what it would send of them (mapped
+    through the live volumes), and one line on each PV that it would not."""
+    found, notes = [], []
+    if lvm.lvm_tool() is None:
+        return found, notes
+    for r in disk.regions:
+        pv = lvm.physical_volume(r.device) if r.holders else None
+        if pv is None:
+            continue
+        why = lvm.unsupported(pv) or ("" if lvm.cow_sizes(pv) is not None else
+                                      "volume group {} has {} MiB free".format(pv.vg, pv.vg_free >> 20))
+        if why:
+            notes.append("{}: no LVM snapshot ({})".format(r.device, why))
+            continue
+        ext, lines = plan_map(disk, r, pv)
+        found.append((r, ext, "LVM snapshots of {}; {}".format(
+            ", ".join(v.vg + "/" + v.name for v in pv.volumes if v.active), "; ".join(lines))))
+    return found, notes
+
+
 def plan(disk: Disk) -> Dict[str, Any]:
     """What would be copied of ``disk`` and how, before anything is copied."""
     mode, reason = choose_mode(disk)
     live = {r.name: True for r, _, _ in rw_mounts(disk, holders=False)}
     extents, maps = map_disk(disk, live)
+    snaps, notes = _snapshot_plan(disk)
+    if snaps:
+        names = {r.name for r, _, _ in snaps}
+        frozen = [mp for r, mp, _ in rw_mounts(disk) if r.name not in names]
+        mode = "lvm-snapshot+freeze-converge" if frozen else "lvm-snapshot"
+        reason = "; ".join(why for _, _, why in snaps) + ("; frozen: {}".format(", ".join(frozen)) if frozen else "")
+        for r, ext, why in snaps:
+            extents = extents.subtract(ExtentList([(r.offset, r.offset + r.size)])).union(ext)
+            maps = [RegionMap(m.region, "LVM2_member", ext, True, why) if m.region == r.name else m for m in maps]
+    if notes:
+        reason += "; " + "; ".join(notes)
     return {"device": disk.device, "size": disk.size, "mode": mode, "reason": reason,
             "used_bytes": extents.total(),
             "regions": [{"region": m.region, "fstype": m.fstype, "bytes": m.extents.total(), "exact": m.exact,
@@ -192,9 +228,9 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     wire.bucket = TokenBucket(float(opts.get("bandwidth", 0)))
     chunk = int(opts.get("chunk", 1 << 20))
     notes = [lower_io_priority()]
-    lvm = lvm_summary()
-    if lvm:
-        notes.append(lvm + "; LVM snapshot mode is not implemented, filesystems are frozen instead")
+    tools = lvm_summary()
+    if tools:
+        notes.append(tools + ": volumes of a volume group with free extents are read from snapshots")
     disks = [table_partitions(d) for d in discover(opts.get("disks") or None)]
     if not disks:
         raise DiscoveryError("no disks found to capture")
@@ -252,7 +288,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
 
 
 def _on_signal(signum: int, _frame: Any) -> None:
-    thaw_all()                       # first, before anything that could block
+    thaw_all()                       # first, before anything that could block; snapshots go in finally
     raise SystemExit(128 + signum)
 
 
@@ -263,6 +299,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "--version" in argv:
         print("v2v-agent {} (protocol {})".format(AGENT_VERSION, protocol.PROTOCOL_VERSION))
         return 0
+    if "--connect" in argv:          # push mode: connect out to the converter with mutual TLS
+        from . import push
+        return push.main(argv)
     if "--plan" in argv:
         names = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--disk"]
         try:
@@ -289,3 +328,4 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     finally:
         thaw_all()
+        lvm.remove_all()

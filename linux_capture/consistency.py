@@ -1,5 +1,9 @@
 """Consistent copies of disks in use, chosen per disk and reported (DESIGN section 6).
 
+lvm-snapshot     a PV partition whose volume group has free extents: every active volume is snapshotted
+                 (LVM suspends it for that instant: crash-consistent), the used blocks of the
+                 filesystems in the snapshots are read, and the snapshots are removed (linux_capture/
+                 lvm.py); read-write filesystems on other partitions of the disk still freeze-converge.
 offline          nothing on the disk is mounted read-write: copied as it is, in one pass.
 freeze-converge  copy the used blocks live; find what changed since (tracefs block_rq_complete, or a
                  second digest pass over the used chunks when tracing is unavailable); re-copy until
@@ -8,8 +12,8 @@ freeze-converge  copy the used blocks live; find what changed since (tracefs blo
                  again (a mounted ext4's bitmaps lag its journal), read the last dirty chunks into
                  memory, FITHAW, and send them. The thaw runs in ``finally``, from a watchdog timer, and
                  on SIGTERM/SIGHUP/broken pipe.
-LVM snapshots are not implemented: a partition under device-mapper (an LVM PV, crypt) is sent whole, and
-the filesystems mounted from the volumes on it are frozen like the others (reported).
+A partition under device-mapper that cannot be snapshotted (crypt, no free extents, a volume spanning disks)
+is sent whole, and the filesystems mounted from the volumes on it are frozen like the others (reported).
 Standard library only, Python 3.6+.
 """
 import errno
@@ -21,9 +25,10 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from diskfmt.extents import ExtentList
 
-from . import protocol
+from . import lvm, protocol
 from .discover import Disk, Region
 from .fsmap import DiskReader, RegionMap, chunks, map_disk
+from .snapset import PvSnapshots
 
 FIFREEZE = 0xC0045877     # _IOWR('X', 119, int)
 FITHAW = 0xC0045878       # _IOWR('X', 120, int)
@@ -62,11 +67,9 @@ def choose_mode(disk: Disk) -> Tuple[str, str]:
     held = [h for r in disk.regions for h in r.holders]
     if rw:
         return "freeze-converge", "mounted read-write: {}".format(", ".join(mp for _, mp, _ in rw)) + (
-            "; {} (device-mapper) sent whole, its filesystems frozen (LVM snapshot mode not implemented)".format(
-                ", ".join(held)) if held else "")
+            "; {} (device-mapper) sent whole, its filesystems frozen".format(", ".join(held)) if held else "")
     if held:
-        return "offline", "in use by {} (LVM snapshot mode not implemented): copied as it is".format(
-            ", ".join(held))
+        return "offline", "in use by {}: copied as it is".format(", ".join(held))
     if any(m for r in disk.regions for m in r.mounts):
         return "offline", "mounted read-only: copied as it is"
     return "offline", "not mounted: copied as it is"
@@ -171,6 +174,7 @@ class DiskReport(NamedTuple):
     consistent: bool
     full_passes: int = 0              # passes that read every chunk (digest pass, or trace events lost)
     tracked_bytes: Optional[int] = None   # the first pass read only these (the resident tracker's record)
+    snapshots: Tuple[str, ...] = ()   # LVM volumes read from snapshots (vg/lv)
 
 
 def _map_json(rm: RegionMap) -> Dict[str, Any]:
@@ -191,8 +195,48 @@ class DiskCapture:
         self.chunk = chunk
         self.reader = DiskReader(disk)
         self.live = {r.name: True for r, _, _ in rw_mounts(disk, holders=False)}
+        self.snapsets: List[PvSnapshots] = []
         for (off, n), sha in have.items():
             self.remember(off, n, sha)
+
+    def take_snapshots(self) -> List[str]:
+        """Snapshot the volumes of every PV partition of the disk that allows it; one line per PV on what
+        was done or why not. Reads of those ranges come from the snapshots from now on."""
+        lines = []
+        for r in self.disk.regions:
+            if not r.holders or lvm.lvm_tool() is None:
+                continue
+            pv = lvm.physical_volume(r.device)
+            if pv is None:
+                continue
+            for gone in lvm.remove_stale(pv.vg):
+                lines.append("removed {}, left by an agent that is gone".format(gone))
+            pv = lvm.physical_volume(r.device) or pv
+            why = lvm.unsupported(pv)
+            cows = lvm.cow_sizes(pv) if not why else None
+            if not why and cows is None:
+                why = "volume group {} has {} MiB free, too little for a snapshot of each active volume".format(
+                    pv.vg, pv.vg_free >> 20)
+            if why:
+                lines.append("{}: no LVM snapshot ({}): sent whole, its filesystems frozen".format(r.device, why))
+                continue
+            ss = PvSnapshots(self.disk, r, pv, cows or {})
+            self.snapsets.append(ss)
+            for start, end, read in ss.overrides():
+                self.reader.override(start, end, read)
+            lines.append("{}: {}".format(r.device, ss.map.reason))
+        return lines
+
+    def snapshotted(self) -> List[str]:
+        return [n for ss in self.snapsets for n in ss.names()]
+
+    def check_snapshots(self) -> None:
+        """ConsistencyError when a snapshot overflowed during the copy (what was read from it is lost)."""
+        bad = [n for ss in self.snapsets for n in ss.overflowed()]
+        if bad:
+            raise ConsistencyError("the LVM snapshot of {} overflowed its copy-on-write space during the "
+                                   "copy; free more extents in the volume group, or capture when the host "
+                                   "writes less".format(", ".join(bad)))
 
     def remember(self, off: int, n: int, sha: bytes) -> None:
         """The converter now holds these bytes: any other chunk it held that overlaps them is stale."""
@@ -206,10 +250,18 @@ class DiskCapture:
         self.held[(off, n)] = sha
 
     def close(self) -> None:
+        for ss in self.snapsets:
+            ss.close()
+        self.snapsets = []
         self.reader.close()
 
     def map(self, live: bool) -> Tuple[ExtentList, List[RegionMap]]:
-        return map_disk(self.disk, self.live if live else {})
+        extents, maps = map_disk(self.disk, self.live if live else {})
+        for ss in self.snapsets:
+            r = ss.region
+            extents = extents.subtract(ExtentList([(r.offset, r.offset + r.size)])).union(ss.extents)
+            maps = [ss.map if m.region == r.name else m for m in maps]
+        return extents, maps
 
     def _candidates(self, extents: ExtentList, changed: Optional[ExtentList]) -> List[Key]:
         keys = list(chunks(extents, self.disk.size, self.chunk))
@@ -257,7 +309,13 @@ class _Progress:
         self.cap = cap
         self.tracked = tracked
         self.mode, self.reason = choose_mode(cap.disk)
-        self.mountpoints = [mp for _, mp, _ in rw_mounts(cap.disk)]
+        snapped = {ss.region.name for ss in cap.snapsets}
+        self.mountpoints = [mp for r, mp, _ in rw_mounts(cap.disk) if r.name not in snapped]
+        if snapped:
+            self.reason = "LVM snapshots of {}".format(", ".join(cap.snapshotted()) or "no active volume") + (
+                "; frozen: {}".format(", ".join(self.mountpoints)) if self.mountpoints else "")
+            self.mode = "lvm-snapshot+freeze-converge" if self.mountpoints else "lvm-snapshot"
+        self.converge = bool(self.mountpoints)
         self.rounds: List[int] = []
         self.full = 0
         self.extents = ExtentList()
@@ -273,17 +331,17 @@ class _Progress:
         sent = self.cap.copy_pass(self.extents, changed)
         self.rounds.append(sent)
         what = "converge round {} ({})".format(len(self.rounds) - 1, tracker.name) if not first else \
-            ("offline" if self.mode == "offline" else "live") + (
+            (self.mode if self.mode in ("offline", "lvm-snapshot") else "live") + (
                 " copy" if self.tracked is None else " copy of what was written since the last capture ({} "
                 "bytes recorded by the resident tracker)".format(self.tracked.total()))
         self.cap.note("round", "{} of {}: {} bytes sent".format(what, dev, sent), disk=dev, sent=sent)
         return sent
 
     def report(self, tracker: Any, fz: Optional[Freeze], consistent: bool) -> DiskReport:
-        if self.mode == "offline" or fz is None:
+        if not self.converge or fz is None:
             return DiskReport(self.mode, self.reason, "none", tuple(self.rounds), 0.0, (), (),
                               self.extents.total(), tuple(_map_json(m) for m in self.maps), True, self.full,
-                              self.tracked_bytes())
+                              self.tracked_bytes(), tuple(self.cap.snapshotted()))
         mine = set(self.mountpoints)
         unsupported = tuple(mp for mp in fz.unsupported if mp in mine)
         reason = self.reason
@@ -293,7 +351,7 @@ class _Progress:
         return DiskReport(self.mode, reason, tracker.name, tuple(self.rounds), round(fz.seconds, 4),
                           tuple(mp for mp in fz.frozen if mp in mine), unsupported, self.extents.total(),
                           tuple(_map_json(m) for m in self.maps), consistent and not unsupported, self.full,
-                          self.tracked_bytes())
+                          self.tracked_bytes(), tuple(self.cap.snapshotted()))
 
     def tracked_bytes(self) -> Optional[int]:
         return None if self.tracked is None else self.tracked.total()
@@ -307,11 +365,16 @@ def capture_disks(caps: List[DiskCapture], tracker: Any, max_freeze: float, max_
     spanning disks (LVM, md) is captured at one instant. ``tracked`` (device -> bytes written since the
     converter's copy was made, a superset) lets the first pass read only those chunks and the chunks the
     converter does not hold."""
+    for c in caps:
+        for line in c.take_snapshots():
+            c.note("snapshot", line, disk=c.disk.device)
     states = [_Progress(c, tracked.get(c.disk.device) if tracked is not None else None) for c in caps]
-    live = [st for st in states if st.mode == "freeze-converge"]
+    live = [st for st in states if st.converge]
     for st in states:
         st.copy(tracker, first=True)
     if not live:
+        for c in caps:
+            c.check_snapshots()
         return [st.report(tracker, None, True) for st in states]
     mountpoints: List[str] = []
     for st in live:
@@ -349,7 +412,9 @@ def capture_disks(caps: List[DiskCapture], tracker: Any, max_freeze: float, max_
                 disk=st.cap.disk.device, seconds=round(fz.seconds, 4), frozen=fz.frozen, sent=sent,
                 complete=complete)
         if complete:
-            return [st.report(tracker, fz if st.mode != "offline" else None, True) for st in states]
+            for c in caps:
+                c.check_snapshots()
+            return [st.report(tracker, fz if st.converge else None, True) for st in states]
         limit = max(len(st.rounds) for st in live) + 2
     raise ConsistencyError(
         "{}: the dirty chunks could not be read within --max-freeze {:g}s ({} tried {} times); the "

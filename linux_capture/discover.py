@@ -180,7 +180,7 @@ def discover(names: Optional[Sequence[str]] = None, mountinfo: Optional[str] = N
 
 
 def lvm_summary() -> Optional[str]:
-    """One line on LVM when the tools are present (snapshot mode is not implemented: see consistency)."""
+    """One line on LVM when the tools are present (snapshots: linux_capture/lvm.py)."""
     for tool in ("/sbin/lvs", "/usr/sbin/lvs"):
         if os.path.exists(tool):
             return "LVM tools present ({})".format(tool)

@@ -171,16 +171,43 @@ def chunks(extents: ExtentList, size: int, chunk: int = CHUNK) -> Iterator[Tuple
 
 class DiskReader:
     """Reads of disk offsets, each through the node of the partition that holds it (whose page cache
-    the mounted filesystem writes through); other ranges through the whole-disk node."""
+    the mounted filesystem writes through); other ranges through the whole-disk node. Ranges given to
+    ``override`` (an LVM snapshot's view of a volume's extents) are read from there instead."""
 
     def __init__(self, disk: Disk) -> None:
         self.whole = DeviceReader(disk.device)
         self.parts: List[Tuple[int, int, DeviceReader]] = []
+        self.overrides: List[Tuple[int, int, ReadFn]] = []
         for r in disk.regions:
             if r.partition and os.path.exists(r.device):
                 self.parts.append((r.offset, r.offset + r.size, DeviceReader(r.device)))
 
+    def override(self, start: int, end: int, read: ReadFn) -> None:
+        """Bytes [start, end) of the disk come from ``read(offset - start, length)``."""
+        self.overrides.append((start, end, read))
+        self.overrides.sort()
+
     def read(self, offset: int, length: int) -> bytes:
+        if not self.overrides:
+            return self._read(offset, length)
+        out = []
+        pos, end = offset, offset + length
+        while pos < end:
+            for start, stop, read in self.overrides:
+                if start <= pos < stop:
+                    n = min(end, stop) - pos
+                    got = read(pos - start, n)
+                    out.append(got)
+                    if len(got) != n:
+                        return b"".join(out)
+                    break
+            else:
+                n = min([s for s, _, _ in self.overrides if s > pos] + [end]) - pos
+                out.append(self._read(pos, n))
+            pos += n
+        return b"".join(out)
+
+    def _read(self, offset: int, length: int) -> bytes:
         out = []
         pos, end = offset, offset + length
         while pos < end:

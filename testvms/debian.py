@@ -36,7 +36,8 @@ GUEST = {
 
 VARIANTS: Dict[str, Dict] = {
     "debian12-foreign": {"layout": "plain", "disk_mib": 1536, "swap_mib": 128},
-    "debian12-foreign-lvm": {"layout": "lvm", "disk_mib": 1536, "boot_mib": 256, "swap_mib": 128},
+    # root takes 80 % of the free extents: the rest lets a live capture of the booted guest snapshot it
+    "debian12-foreign-lvm": {"layout": "lvm", "disk_mib": 1536, "boot_mib": 256, "swap_mib": 128, "root_pct": 80},
 }
 
 READY_UNIT = """\
@@ -235,7 +236,7 @@ def _partition(g, spec: Dict):
     g.pvcreate("/dev/sda2")
     g.vgcreate("vg0", ["/dev/sda2"])
     g.lvcreate("swap", "vg0", spec["swap_mib"])
-    g.lvcreate_free("root", "vg0", 100)
+    g.lvcreate_free("root", "vg0", spec.get("root_pct", 100))
     g.mkfs("ext4", "/dev/vg0/root")
     g.mkswap("/dev/vg0/swap")
     fstab = ("# /etc/fstab: static file system information.\n"
