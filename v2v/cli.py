@@ -117,6 +117,22 @@ def capture_options(f: Callable) -> Callable:
     return f
 
 
+def push_options(f: Callable) -> Callable:
+    """Push mode of convert host: the agent connects out to the converter with mutual TLS."""
+    opts = [
+        click.option("--listen", metavar="HOST:PORT",
+                     help="Push mode (target push:NAME): wait on this address for the agent to connect "
+                          "(:PORT for every address)."),
+        click.option("--tls-dir", type=click.Path(file_okay=False),
+                     help="Push mode: the CA and converter certificate made by `v2v agent certs DIR`."),
+        click.option("--accept-timeout", type=click.FloatRange(1, 7 * 86400), default=600.0, show_default=True,
+                     help="Push mode: seconds to wait for the agent to connect."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 def windows_options(f: Callable) -> Callable:
     """--virtio-win, --allow-no-virtio and --disk-bus, shared by inspect and convert."""
     f = click.option("--disk-bus", type=click.Choice(["virtio", "scsi"]), default="virtio", show_default=True,
@@ -292,7 +308,7 @@ def _bandwidth(text: Optional[str]) -> int:
 
 
 @convert.command("host", context_settings=CONTEXT)
-@click.argument("target", metavar="USER@HOST[:PORT]")
+@click.argument("target", metavar="USER@HOST[:PORT] | push:NAME")
 @click.option("--to", "to", type=click.Choice(["libvirt", "local"]), help="Where the result goes.")
 @click.option("--name", help="Name of the converted guest (default: the source's host name).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
@@ -308,6 +324,7 @@ def _bandwidth(text: Optional[str]) -> int:
               help="Capture only this whole-disk device of the source (repeatable; default: every disk).")
 @click.option("--bandwidth", help="Limit the wire to this many bytes per second, e.g. 40M.")
 @capture_options
+@push_options
 @click.option("--capture-only", is_flag=True, help="Stop after the capture: raw images and manifest in --out.")
 @click.option("--dry-run", is_flag=True, help="Say what would be copied and how, then stop. Copies nothing.")
 @click.option("--json", "json_mode", is_flag=True, help="JSON lines on stdout: stages, progress, result.")
@@ -317,7 +334,8 @@ def convert_host(target: str, to: Optional[str], name: Optional[str], out_dir: O
                  verify_boot: bool, boot_timeout: Optional[float], workdir: Optional[str], disks: Sequence[str],
                  bandwidth: Optional[str], compress: str, max_freeze: float, tracing: str, ssh_key: Optional[str],
                  ssh_port: Optional[int], ssh_accept_new: bool, ssh_known_hosts: Optional[str],
-                 remote_python: str, capture_only: bool, dry_run: bool, json_mode: bool) -> None:
+                 remote_python: str, listen: Optional[str], tls_dir: Optional[str], accept_timeout: float,
+                 capture_only: bool, dry_run: bool, json_mode: bool) -> None:
     """Capture the running Linux host USER@HOST over ssh, block by block, and convert it to KVM.
 
     Runs v2v-agent.pyz on the host (Python 3.6+, nothing installed, host key checking on), copies the
@@ -325,16 +343,23 @@ def convert_host(target: str, to: Optional[str], name: Optional[str], out_dir: O
     staging images, then converts them like `convert disk`. Rerun the same command after a dropped
     connection: verified chunks are not sent again.
 
+    Push mode, for a host the converter cannot reach (behind NAT): name it push:NAME, where NAME is the
+    CN of its client certificate (`v2v agent certs DIR --source NAME`), and give --listen and --tls-dir.
+    The converter waits for one agent to connect with TLS and that certificate; others are refused
+    (with a warning) and the wait goes on until --accept-timeout. After a drop, run both sides again.
+
     \b
     Examples:
       v2v convert host root@db1.example --to libvirt --name db1 --verify-boot
       v2v convert host root@db1.example --to local --out ./db1 --bandwidth 40M --ssh-key ~/.ssh/id_ed25519
       v2v convert host root@10.0.0.5:2222 --dry-run
       v2v convert host root@db1.example --disk /dev/sdb --capture-only --out ./db1-raw
+      v2v convert host push:db1 --listen :8443 --tls-dir /etc/v2v/tls --to libvirt --name db1
+        (on db1: python3 v2v-agent.pyz --connect conv.example:8443 --ca ca.pem --cert db1.pem --key db1.key)
     """
     from .outputs import OutputOptions
     from .pipeline import ConvertOptions
-    from .sources import host
+    from .sources import host, push
     events = _emitter(json_mode)
     if not dry_run and not capture_only and to is None:
         raise click.UsageError("--to libvirt|local is needed (or --dry-run, or --capture-only --out DIR)")
@@ -343,8 +368,15 @@ def convert_host(target: str, to: Optional[str], name: Optional[str], out_dir: O
     if mac is not None and not _valid_mac(mac):
         raise click.BadParameter("not a unicast MAC address like 52:54:00:12:34:56", param_hint="--mac")
     rate = _bandwidth(bandwidth)
+    is_push = target.startswith("push:")
+    if is_push and not (listen and tls_dir):
+        raise click.UsageError("push:NAME needs --listen HOST:PORT and --tls-dir DIR")
+    if not is_push and (listen or tls_dir):
+        raise click.UsageError("--listen and --tls-dir are for push mode: name the source push:NAME "
+                               "(the CN of its client certificate)")
     try:
-        t = host.parse_target(target, ssh_port)
+        t = push.parse_push_target(target, listen or "", tls_dir or "", accept_timeout) if is_push else \
+            host.parse_target(target, ssh_port)
         copts = host.CaptureOptions(disks=tuple(disks), compress=compress, bandwidth=rate, max_freeze=max_freeze,
                                     tracing=tracing, ssh_key=ssh_key, ssh_accept_new=ssh_accept_new,
                                     ssh_known_hosts=ssh_known_hosts, remote_python=remote_python,
@@ -412,6 +444,49 @@ def agent_build(output: str) -> None:
         _fail(_emitter(False), _write_error(output, e))
         return
     click.echo(path)
+
+
+@agent.command("certs", context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--source", "sources", multiple=True, metavar="NAME",
+              help="Make a client certificate NAME.pem/NAME.key for this source (its CN; repeatable).")
+@click.option("--server-name", "server_names", multiple=True, metavar="NAME|IP",
+              help="Also name this host or address in the converter's certificate (when it is made), for "
+                   "agents run with --server-name NAME|IP; v2v-converter is always in it.")
+@click.option("--backend", type=click.Choice(["auto", "cryptography", "openssl"]), default="auto",
+              show_default=True, help="The cryptography package when installed (auto), else the openssl command.")
+@click.option("--json", "json_mode", is_flag=True, help="One JSON object on stdout.")
+def agent_certs(directory: str, sources: Sequence[str], server_names: Sequence[str], backend: str,
+                json_mode: bool) -> None:
+    """Make the certificates of push mode in DIRECTORY: a CA, the converter's certificate, and one client
+    certificate per --source. Existing files are kept (a second run adds sources); every file is 0600.
+
+    Copy ca.pem, NAME.pem and NAME.key to the source NAME; ca.key stays here.
+
+    \b
+    Examples:
+      v2v agent certs /etc/v2v/tls --source db1
+      v2v agent certs /etc/v2v/tls --source web1 --source web2
+      scp /etc/v2v/tls/{ca.pem,db1.pem,db1.key} v2v-agent.pyz db1:/root/
+    """
+    from .agent_certs import make_certs
+    events = _emitter(json_mode)
+    try:
+        r = make_certs(directory, sources, server_names, backend)
+    except V2VError as e:
+        _fail(events, e)
+        return
+    if json_mode:
+        events.result({"certs": to_json(r)})
+        return
+    for path in r.created:
+        click.echo("created {}".format(path))
+    for path in r.kept:
+        click.echo("kept    {}".format(path))
+    for name in r.sources:
+        click.echo("source {}: copy {}/ca.pem, {}.pem and {}.key to it; there run python3 v2v-agent.pyz "
+                   "--connect CONVERTER:PORT --ca ca.pem --cert {}.pem --key {}.key".format(
+                       name, r.directory, name, name, name, name))
 
 
 def _write_error(path: str, e: OSError) -> V2VError:

@@ -1,7 +1,9 @@
 """Source: a running Linux host, captured block by block through v2v-agent.pyz over ssh (DESIGN section 6).
 
 ``capture(target, copts, events)`` runs the agent on the host (``ssh ... python3 -c BOOTSTRAP``, host
-key checking on), receives its frames, verifies every chunk's sha256 and writes it into a sparse raw
+key checking on), or, for a ``push:NAME`` target, waits for the agent to connect with mutual TLS
+(sources/push.py); either way it is a transport (``_Session`` or ``push.TlsSession``) that carries the
+same frames. It receives the agent's frames, verifies every chunk's sha256 and writes it into a sparse raw
 staging image per disk, and records each verified chunk in a SQLite manifest (committed twice a second
 and at the end). A rerun of the same command sends the manifest's digests back: the agent re-sends only
 chunks that are missing or changed. ``convert_host`` then runs the normal pipeline on the images.
@@ -21,13 +23,14 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 from linux_capture import protocol
 
 from .. import agent_bundle
 from ..errors import IntegrityError, Interrupted, OutputError, SourceError, TransportError, V2VError
 from ..events import Emitter
+from . import push
 
 log = logging.getLogger("v2v.sources.host")
 
@@ -96,6 +99,9 @@ class CaptureReport:
     hostname: str = ""                                      # as the source reports it
 
 
+Target = Union[HostTarget, push.PushTarget]
+
+
 def ssh_argv(t: HostTarget, o: CaptureOptions, remote: str) -> List[str]:
     argv = ["ssh", "-T", "-e", "none", "-p", str(t.port),
             "-o", "BatchMode=yes",
@@ -112,7 +118,7 @@ def ssh_argv(t: HostTarget, o: CaptureOptions, remote: str) -> List[str]:
     return argv + ["-l", t.user, "--", t.host, remote]
 
 
-def staging_dir(t: HostTarget, o: CaptureOptions, base: Optional[str]) -> str:
+def staging_dir(t: Target, o: CaptureOptions, base: Optional[str]) -> str:
     if o.staging:
         return os.path.abspath(o.staging)
     key = hashlib.sha256(json.dumps([str(t), sorted(o.disks)]).encode()).hexdigest()[:12]
@@ -318,10 +324,27 @@ class _Writer:
             raise err
 
 
+class Transport(Protocol):
+    """How capture() talks to the agent: ``_Session`` (ssh) or ``push.TlsSession`` (the agent connected)."""
+    reader: protocol.FrameReader
+
+    def send(self, data: bytes) -> None:
+        """Frames to the agent; a broken connection is left for the reader side to report."""
+
+    def close(self, kill: bool = False) -> Any:
+        """Idempotent; ``kill`` ends the agent's side too."""
+
+    def failure(self, started: bool) -> V2VError:
+        """Close, and say why the stream from the agent ended (``started``: a HELLO had arrived)."""
+
+
 class _Session:
     """The ssh child: frames in from its stdout, frames out to its stdin, its stderr kept for errors."""
 
-    def __init__(self, argv: List[str], idle_timeout: float) -> None:
+    def __init__(self, argv: List[str], target: HostTarget, o: CaptureOptions) -> None:
+        self.target = target
+        self.o = o
+        idle_timeout = o.idle_timeout
         log.debug("run: %s", " ".join(shlex.quote(a) for a in argv))
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -389,6 +412,10 @@ class _Session:
             self.proc.stderr.close()
         return rc
 
+    def failure(self, started: bool) -> V2VError:
+        rc = self.close()
+        return _session_error(self.target, self.o, self, rc, started)
+
 
 def _session_error(t: HostTarget, o: CaptureOptions, s: _Session, rc: int, started: bool) -> V2VError:
     tail = [ln for ln in s.stderr if not ln.startswith("Warning: Permanently added")]
@@ -423,21 +450,33 @@ def _human(n: float) -> str:
     return str(n)
 
 
-def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Optional[str] = None) -> CaptureReport:
-    """Capture the host's disks into staging images (or only report the plan with ``dry_run``)."""
-    t0 = time.monotonic()
+def _open(target: Target, o: CaptureOptions, events: Emitter) -> Transport:
+    """The agent running and connected: started over ssh (and sent the pyz), or accepted in push mode."""
+    if isinstance(target, push.PushTarget):
+        return push.accept(target, o.idle_timeout, events)
     pyz = agent_bundle.agent_bytes()
     remote = " ".join(shlex.quote(a) for a in [o.remote_python, "-c", agent_bundle.BOOTSTRAP, str(len(pyz))])
     events.stage("capture", "connecting to {} (ssh, host key checking {})".format(
         target, "accept-new" if o.ssh_accept_new else "on"))
-    s = _Session(ssh_argv(target, o, remote), o.idle_timeout)
+    s = _Session(ssh_argv(target, o, remote), target, o)
+    try:
+        s.send(pyz)
+    except BaseException:
+        s.close(kill=True)
+        raise
+    return s
+
+
+def capture(target: Target, o: CaptureOptions, events: Emitter, workdir: Optional[str] = None) -> CaptureReport:
+    """Capture the host's disks into staging images (or only report the plan with ``dry_run``)."""
+    t0 = time.monotonic()
+    s = _open(target, o, events)
     staging: Optional[Staging] = None
     writer: Optional[_Writer] = None
     keep = ok = False
     started = False
     where = ""
     try:
-        s.send(pyz)
         s.send(protocol.encode_json(protocol.OPTIONS, {
             "disks": list(o.disks), "compress": o.compress, "bandwidth": o.bandwidth,
             "max_freeze": o.max_freeze, "max_rounds": o.max_rounds, "tracing": o.tracing,
@@ -447,14 +486,12 @@ def capture(target: HostTarget, o: CaptureOptions, events: Emitter, workdir: Opt
             try:
                 f = s.reader.read_frame()
             except protocol.TruncatedFrame as e:
-                rc = s.close()
-                err = _session_error(target, o, s, rc, started)
+                err = s.failure(started)
                 raise type(err)("{} ({})".format(err, e)) from None
             except protocol.CorruptFrame as e:
                 raise IntegrityError("from {}: {}".format(target, e)) from None
             if f is None:
-                rc = s.close()
-                raise _session_error(target, o, s, rc, started)
+                raise s.failure(started)
             if f.type == protocol.ERROR:
                 msg = protocol.decode_json(f).get("message", "unknown error")
                 raise SourceError("the agent on {} failed: {}".format(target, msg))
@@ -610,7 +647,7 @@ def _expect(f: protocol.Frame, ftype: int) -> protocol.Frame:
     return f
 
 
-def convert_host(target: HostTarget, copts: CaptureOptions, opts: Any, events: Emitter) -> Tuple[CaptureReport, Any]:
+def convert_host(target: Target, copts: CaptureOptions, opts: Any, events: Emitter) -> Tuple[CaptureReport, Any]:
     """Capture the host, then convert its staging images with the normal pipeline; staging is removed
     after a successful conversion and kept (for a rerun without re-sending) when the conversion fails."""
     from ..pipeline import convert
