@@ -2,8 +2,8 @@
 read-only loop device is the source host's disk (offline: nothing mounts it), captured by the agent
 over a loopback sshd, checked block by block, converted by the normal pipeline, and booted on virtio.
 
-Not the booted-source variant of issue 5 (a qemu guest running sshd as the source, written to during
-the capture): that one is not written yet. Only 127.0.0.1 is used.
+The booted-source variant of issue 5 (a qemu guest running sshd as the source, written to during the
+capture) is tests/e2e/test_capture_live.py. Only 127.0.0.1 is used.
 """
 import os
 import platform
