@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, List, Optional, Tuple
 
-from . import protocol
+from . import lvm, protocol
 from .agent import serve
 from .consistency import ConsistencyError, thaw_all
 
@@ -166,7 +166,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             pass
         return _fail(str(e))
     finally:
-        thaw_all()
+        thaw_all()                      # as agent.main does after serve()
+        lvm.remove_all()
         for f in (out, inp.f, conn):
             try:
                 f.close()
