@@ -126,6 +126,7 @@ def push_options(f: Callable) -> Callable:
         click.option("--tls-dir", type=click.Path(file_okay=False),
                      help="Push mode: the CA and converter certificate made by `v2v agent certs DIR`."),
         click.option("--accept-timeout", type=click.FloatRange(1, 7 * 86400), default=600.0, show_default=True,
+                     metavar="SECONDS",
                      help="Push mode: seconds to wait for the agent to connect."),
     ]
     for opt in reversed(opts):
@@ -436,6 +437,7 @@ def agent_build(output: str) -> None:
     Example:
       v2v agent build -o /srv/v2v-agent.pyz
       scp /srv/v2v-agent.pyz root@db1:/root/ && ssh root@db1 python3 /root/v2v-agent.pyz --plan
+      python3 v2v-agent.pyz --connect conv.example:8443 --ca ca.pem --cert db1.pem --key db1.key   # push mode
     """
     from .agent_bundle import build_agent
     try:
