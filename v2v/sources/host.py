@@ -218,15 +218,19 @@ class Staging:
         was = self.allocated(c.disk, c.offset, c.length)
         if c.data is not None or was:
             data = c.data if c.data is not None else bytes(c.length)
-            try:
-                n = self._pwrite(c.disk, data, c.offset)
-            except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise OutputError("staging directory {} is full (writing disk {} offset {}): {}".format(
-                        self.path, c.disk, c.offset, os.strerror(e.errno))) from None
-                raise
-            if n != len(data):
-                raise OutputError("short write to {} at offset {}".format(self.image(c.disk), c.offset))
+            done = 0
+            while done < len(data):
+                try:
+                    # a filesystem that fills up first writes part of the chunk, then fails with ENOSPC
+                    n = self._pwrite(c.disk, data[done:] if done else data, c.offset + done)
+                except OSError as e:
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise OutputError("staging directory {} is full (writing disk {} offset {}): {}".format(
+                            self.path, c.disk, c.offset, os.strerror(e.errno))) from None
+                    raise
+                if n <= 0:
+                    raise OutputError("short write to {} at offset {}".format(self.image(c.disk), c.offset + done))
+                done += n
         if not self._in_txn:
             self.db.execute("BEGIN")
             self._in_txn = True
