@@ -303,6 +303,7 @@ def test_an_agent_killed_mid_capture_resumes_when_both_sides_run_again(certs, py
         assert "the connection from the agent push:db1" in line and "run this command and the agent again to " \
             "resume" in line and "verified are kept in {}".format(dest) in line, line
         assert os.path.exists(os.path.join(dest, "manifest.sqlite"))
+        print("\n    [push] the drop: " + line)
 
         port = free_port()                  # both sides again, the converter on another port: the same staging
         conv = _converter(port, tls, *args)
