@@ -63,14 +63,54 @@ class TokenBucket:
             self.stamp = self.clock()
 
 
+class AutoCodec:
+    """``--compress auto``: zlib while it pays, raw while the link carries raw bytes faster than zlib
+    makes them fewer (DESIGN section 6). Both rates are measured as the capture goes (moving averages);
+    every ``SAMPLE_EVERY``-th chunk is compressed anyway, so the estimates follow the data and the link."""
+    SAMPLE_EVERY = 16
+    ALPHA = 0.25
+
+    def __init__(self) -> None:
+        self.compress_rate: Optional[float] = None   # raw bytes per second that zlib takes in
+        self.ratio: Optional[float] = None           # wire bytes / raw bytes when compressed
+        self.link_rate: Optional[float] = None       # wire bytes per second written (throttle included)
+        self.asked = 0
+        self.raw = 0                                 # chunks this chose to send raw
+
+    def _ema(self, old: Optional[float], new: float) -> float:
+        return new if old is None else old + self.ALPHA * (new - old)
+
+    def want_compress(self) -> bool:
+        self.asked += 1
+        if self.compress_rate is None or self.ratio is None or self.link_rate is None \
+                or self.asked % self.SAMPLE_EVERY == 0:
+            return True
+        # seconds per raw byte: compressed = compress + write fewer bytes; raw = write all of them
+        if 1.0 / self.compress_rate + self.ratio / self.link_rate < 1.0 / self.link_rate:
+            return True
+        self.raw += 1
+        return False
+
+    def compressed(self, raw: int, wire: int, seconds: float) -> None:
+        self.compress_rate = self._ema(self.compress_rate, raw / max(seconds, 1e-6))
+        self.ratio = self._ema(self.ratio, min(1.0, wire / float(max(raw, 1))))
+
+    def wrote(self, wire: int, seconds: float) -> None:
+        if wire >= 65536:                            # small control frames say nothing about the link
+            self.link_rate = self._ema(self.link_rate, wire / max(seconds, 1e-6))
+
+
 class Wire:
-    """Frames out, throttled; a chunk whose sample does not compress is sent raw."""
+    """Frames out, throttled; a chunk whose sample does not compress is sent raw; with ``auto`` the
+    codec is zlib only while compressing is faster than the link."""
 
     def __init__(self, out: BinaryIO, codec: int = protocol.CODEC_ZLIB, level: int = 1,
-                 bandwidth: float = 0) -> None:
+                 bandwidth: float = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.out = out
         self.codec = codec
         self.level = level
+        self.auto: Optional[AutoCodec] = None
+        self.clock = clock
         self.bucket = TokenBucket(bandwidth)
         self.bytes_on_wire = 0
         self.raw_bytes = 0
@@ -78,17 +118,27 @@ class Wire:
         self.chunks = 0
 
     def write(self, frame: bytes) -> None:
+        t0 = self.clock()
         self.bucket.consume(len(frame))
         self.out.write(frame)
         self.out.flush()
+        if self.auto is not None:
+            self.auto.wrote(len(frame), self.clock() - t0)
         self.bytes_on_wire += len(frame)
 
     def json(self, ftype: int, obj: Any, disk: int = 0) -> None:
         self.write(protocol.encode_json(ftype, obj, disk))
 
     def chunk(self, disk: int, offset: int, data: bytes, sha: bytes) -> None:
-        codec = self.codec if protocol.worth_compressing(data, self.codec, self.level) else protocol.CODEC_NONE
+        codec = self.codec
+        if self.auto is not None and not self.auto.want_compress():
+            codec = protocol.CODEC_NONE
+        if codec != protocol.CODEC_NONE and not protocol.worth_compressing(data, codec, self.level):
+            codec = protocol.CODEC_NONE
+        t0 = self.clock()
         frame = protocol.encode_chunk(disk, offset, data, codec, self.level, sha)
+        if self.auto is not None and codec != protocol.CODEC_NONE and frame[4] == protocol.CHUNK:
+            self.auto.compressed(len(data), len(frame), self.clock() - t0)
         self.raw_bytes += len(data)
         if frame[4] == protocol.ZERO:
             self.zero_bytes += len(data)
@@ -223,7 +273,9 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     opts = protocol.decode_json(frame)
     if os.getuid() != 0:
         raise PermissionError("the agent must run as root to read disks and freeze filesystems")
-    wire.codec = protocol.CODECS[opts.get("compress", "zlib")]
+    codec = opts.get("compress", "zlib")
+    wire.codec = protocol.CODECS["zlib" if codec == "auto" else codec]
+    wire.auto = AutoCodec() if codec == "auto" else None
     wire.level = int(opts.get("level", 1))
     wire.bucket = TokenBucket(float(opts.get("bandwidth", 0)))
     chunk = int(opts.get("chunk", 1 << 20))
@@ -283,6 +335,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                              "zero_bytes": wire.zero_bytes, "chunks": wire.chunks,
                              "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 3),
                              "throttled_seconds": round(wire.bucket.slept, 3), "disks": reports,
+                             "auto_raw_chunks": wire.auto.raw if wire.auto is not None else None,
                              "resident": resident_report})
     return 0
 

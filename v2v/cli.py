@@ -99,8 +99,10 @@ def domain_options(f: Callable) -> Callable:
 def capture_options(f: Callable) -> Callable:
     """How the agent reaches and reads the source, shared by convert host and standby create."""
     opts = [
-        click.option("--compress", type=click.Choice(["none", "zlib", "lzma"]), default="zlib", show_default=True,
-                     help="Compression of the chunks on the wire (incompressible data goes raw)."),
+        click.option("--compress", type=click.Choice(["auto", "none", "zlib", "lzma"]), default="auto",
+                     show_default=True,
+                     help="Compression of the chunks on the wire: auto is zlib while the link is slower than "
+                          "compressing, raw otherwise (incompressible data always goes raw)."),
         click.option("--max-freeze", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
                      help="Longest time in seconds a filesystem of the source stays frozen."),
         click.option("--tracing", type=click.Choice(["auto", "off"]), default="auto", show_default=True,

@@ -101,3 +101,39 @@ def test_filesystems_on_lvm_volumes_of_a_disk_are_frozen_with_it(tmp_path, monke
     assert rw_mounts(disk, holders=False) == []
     mode, reason = choose_mode(disk)
     assert mode == "freeze-converge" and "dm-0 (device-mapper) sent whole" in reason
+
+
+def test_auto_codec_compresses_for_a_slow_link_and_goes_raw_for_a_fast_one():
+    from linux_capture.agent import AutoCodec
+    slow = AutoCodec()
+    assert slow.want_compress()                     # nothing measured yet: compress
+    slow.compressed(1 << 20, 400 << 10, 0.01)       # zlib at 100 MB/s, to 40 %
+    slow.wrote(400 << 10, 0.08)                      # the link: 5 MB/s
+    assert all(slow.want_compress() for _ in range(40)) and slow.raw == 0
+    fast = AutoCodec()
+    fast.want_compress()
+    fast.compressed(1 << 20, 600 << 10, 0.01)       # zlib at 100 MB/s, to 60 %
+    fast.wrote(1 << 20, 0.001)                       # the link: 1 GB/s
+    choices = [fast.want_compress() for _ in range(64)]
+    assert choices.count(False) >= 56 and fast.raw == choices.count(False)
+    assert choices.count(True) >= 3, "the estimates are never sampled again"
+
+
+def test_wire_with_auto_codec_measures_and_still_sends_frames_the_receiver_decodes():
+    import io
+    import os as _os
+    from linux_capture import protocol
+    from linux_capture.agent import AutoCodec, Wire
+    out = io.BytesIO()
+    w = Wire(out)
+    w.auto = AutoCodec()
+    data = (b"text-like line %d\n" * 70000)[:1 << 20]
+    rand = _os.urandom(1 << 20)
+    for i in range(8):
+        chunk = data if i % 2 else rand
+        w.chunk(0, i << 20, chunk, protocol.digest(chunk))
+    assert w.auto.compress_rate is not None and w.auto.link_rate is not None
+    r = protocol.FrameReader(io.BytesIO(out.getvalue()).read)
+    for i in range(8):
+        c = protocol.decode_chunk(r.read_frame())
+        assert c.offset == i << 20 and c.data == (data if i % 2 else rand)

@@ -66,7 +66,7 @@ def parse_target(text: str, port: Optional[int] = None) -> HostTarget:
 @dataclass(frozen=True)
 class CaptureOptions:
     disks: Tuple[str, ...] = ()            # whole-disk devices on the source; empty: every disk
-    compress: str = "zlib"
+    compress: str = "auto"                 # auto: zlib while the link is slower than compressing
     bandwidth: int = 0                     # bytes per second on the wire; 0 unlimited
     max_freeze: float = 2.0
     max_rounds: int = 4
@@ -597,10 +597,13 @@ def capture(target: Target, o: CaptureOptions, events: Emitter, workdir: Optiona
         report = CaptureReport(str(target), staging.path, images, tuple(reports), tuple(plans), received,
                                s.reader.position, skipped, resent, resumed, time.monotonic() - t0, end,
                                str(hello.get("host", "")))
-        events.info("captured {} ({} on the wire{}{}) in {:.1f}s; agent CPU {:.1f}s".format(
+        auto_raw = end.get("auto_raw_chunks")
+        events.info("captured {} ({} on the wire{}{}) in {:.1f}s; agent CPU {:.1f}s{}".format(
             _human(received), _human(report.wire_bytes),
             ", {} skipped as verified earlier".format(_human(skipped)) if resumed else "",
-            ", {} re-sent".format(_human(resent)), report.seconds, end.get("cpu_seconds", 0.0)))
+            ", {} re-sent".format(_human(resent)), report.seconds, end.get("cpu_seconds", 0.0),
+            "" if auto_raw is None else "; --compress auto sent {} of {} chunks raw (the link was faster than "
+            "zlib)".format(auto_raw, end.get("chunks", 0))))
         ok = True
         return report
     except TransportError as e:
