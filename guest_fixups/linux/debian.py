@@ -5,6 +5,7 @@ from v2v.errors import FixupError
 
 from .distro import LinuxDistro, register
 
+INITRAMFS_LEVEL = 3
 OMIT_HOOK = "/etc/initramfs-tools/hooks/v2v-omit-hypervisor-modules"
 MODULES_FILE = "/etc/initramfs-tools/modules"
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
@@ -36,7 +37,10 @@ class Debian(LinuxDistro):
         self.app.write_text(OMIT_HOOK, _omit_hook(omit))
         self.app.g.chmod(0o755, OMIT_HOOK)
         flag = "-u" if self.app.exists(self.initramfs_path(kernel)) else "-c"
-        return ["update-initramfs", flag, "-k", kernel]
+        # mkinitramfs's default zstd -9 is single-threaded: under software emulation -3 saves a quarter of
+        # the fixups for a 9 % larger file. Only the default changes: a COMPRESSLEVEL in initramfs.conf
+        # still wins (it is read after the environment), and the guest's next rebuild uses its own.
+        return ["env", "COMPRESSLEVEL={}".format(INITRAMFS_LEVEL), "update-initramfs", flag, "-k", kernel]
 
     def _edit_modules_file(self, add: Sequence[str], omit: Sequence[str]) -> None:
         text = self.app.read_text(MODULES_FILE) if self.app.exists(MODULES_FILE) else ""
