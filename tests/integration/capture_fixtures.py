@@ -136,6 +136,18 @@ def sha_tree(root: str) -> Dict[str, str]:
     return out
 
 
+def write_random_file(fs: "LoopFs", where: str, mib: int, name: str = "random.bin") -> None:
+    """Mount the (unmounted) loop filesystem at ``where``, write ``mib`` MiB of incompressible data into
+    one file, unmount: a capture of it lasts a while under a --bandwidth limit."""
+    os.makedirs(where, exist_ok=True)
+    run("mount", fs.device, where)
+    try:
+        with open(os.path.join(where, name), "wb") as f:
+            f.write(os.urandom(mib * MiB))
+    finally:
+        run("umount", where)
+
+
 @contextlib.contextmanager
 def loop_fs(fstype: str, size: int = 96 * MiB, seed: int = 1, mount: bool = True,
             partitioned: bool = False) -> Iterator[LoopFs]:

@@ -22,7 +22,7 @@ import pytest
 from diskfmt.usedmap import map_filesystem
 
 from tests.integration.capture_fixtures import (MiB, compare_used, json_events, loop_fs, need, run, sha_tree, sshd_server, v2v,
-                               writable)
+                               writable, write_random_file)
 
 pytestmark = pytest.mark.integration
 
@@ -264,14 +264,7 @@ def test_resume_after_a_kill_gives_the_same_image(sshd, out, report, victim):
     need("mkfs.ext4")
     with loop_fs("ext4", size=128 * MiB, mount=False) as fs:
         # incompressible content so that the throttle makes the transfer last a few seconds
-        mnt = os.path.join(out, "src")
-        os.makedirs(mnt)
-        run("mount", fs.device, mnt)
-        try:
-            with open(os.path.join(mnt, "random.bin"), "wb") as f:
-                f.write(os.urandom(40 * MiB))
-        finally:
-            run("umount", mnt)
+        write_random_file(fs, os.path.join(out, "src"), 40)
         ref_cp, _, ref = _capture(sshd, fs, os.path.join(out, "ref"))
         assert ref_cp.returncode == 0, ref_cp.stderr
         full = ref["capture"]["received_bytes"]

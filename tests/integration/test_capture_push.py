@@ -26,7 +26,7 @@ import pytest
 
 from diskfmt.usedmap import map_filesystem
 from tests.integration.capture_fixtures import (MiB, ROOT, compare_used, free_port, json_events, loop_fs, need,
-                                                run, v2v, writable)
+                                                run, v2v, writable, write_random_file)
 from tests.integration.test_capture import _captured_files, _differing_blocks, _fsck
 
 pytestmark = pytest.mark.integration
@@ -113,6 +113,22 @@ def _finish(p: subprocess.Popen, timeout: float = 120) -> Tuple[int, str, str]:
     return p.returncode, out, err
 
 
+def _push(pyz: str, tls: str, *args: str) -> Tuple[dict, str]:
+    """A converter waiting in push mode and the agent connecting to it, both run to the end and both
+    asserted to succeed; (the converter's capture result, the agent's stderr)."""
+    port = free_port()
+    conv = _converter(port, tls, *args)
+    agent = _agent(pyz, port, os.path.join(tls, "ca.pem"), tls)
+    try:
+        rc, out, err = _finish(conv, 180)
+        arc, _, aerr = _finish(agent, 60)
+    finally:
+        _kill(conv, agent)
+    assert rc == 0, err[-3000:]
+    assert arc == 0, aerr
+    return _result(out)["capture"], aerr
+
+
 def _one_error(rc: int, err: str, prefix: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.startswith(prefix)]
     assert rc == 1, (rc, err[-2000:])
@@ -166,18 +182,9 @@ def test_push_capture_of_a_mounted_ext4_matches_the_source(certs, pyz, work):
     need("mkfs.ext4", "e2fsck")
     tls, _ = certs
     with loop_fs("ext4") as fs:
-        port = free_port()
         dest = os.path.join(work, "cap-mounted")
-        conv = _converter(port, tls, "--disk", fs.device, "--capture-only", "--out", dest, "--accept-timeout", "60")
-        agent = _agent(pyz, port, os.path.join(tls, "ca.pem"), tls)
-        try:
-            rc, out, err = _finish(conv, 180)
-            arc, _, aerr = _finish(agent, 60)
-        finally:
-            _kill(conv, agent)
-        assert rc == 0, err[-3000:]
-        assert arc == 0 and "accepted this agent" in aerr, aerr
-        cap = _result(out)["capture"]
+        cap, aerr = _push(pyz, tls, "--disk", fs.device, "--capture-only", "--out", dest, "--accept-timeout", "60")
+        assert "accepted this agent" in aerr, aerr
         assert cap["target"] == "push:db1" and not cap["resumed"]
         assert writable(fs.mountpoint), "the source is still frozen"
         (disk,) = cap["disks"]
@@ -264,14 +271,7 @@ def test_an_agent_killed_mid_capture_resumes_when_both_sides_run_again(certs, py
     ca = os.path.join(tls, "ca.pem")
     with loop_fs("ext4", size=128 * MiB, mount=False) as fs:
         # incompressible content so that the throttle makes the transfer last a few seconds
-        mnt = os.path.join(work, "src")
-        os.makedirs(mnt)
-        run("mount", fs.device, mnt)
-        try:
-            with open(os.path.join(mnt, "random.bin"), "wb") as f:
-                f.write(os.urandom(40 * MiB))
-        finally:
-            run("umount", mnt)
+        write_random_file(fs, os.path.join(work, "src"), 40)
         dest = os.path.join(work, "cap-resume")
         args = ("--disk", fs.device, "--capture-only", "--out", dest, "--accept-timeout", "60", "--bandwidth", "12M")
         port = free_port()
@@ -305,17 +305,8 @@ def test_an_agent_killed_mid_capture_resumes_when_both_sides_run_again(certs, py
         assert os.path.exists(os.path.join(dest, "manifest.sqlite"))
         print("\n    [push] the drop: " + line)
 
-        port = free_port()                  # both sides again, the converter on another port: the same staging
-        conv = _converter(port, tls, *args)
-        agent = _agent(pyz, port, ca, tls)
-        try:
-            rc, out, err = _finish(conv, 180)
-            arc, _, aerr = _finish(agent, 60)
-        finally:
-            _kill(conv, agent)
-        assert rc == 0, err[-3000:]
-        assert arc == 0, aerr
-        cap = _result(out)["capture"]
+        # both sides again, the converter on another port: the same staging
+        cap, _ = _push(pyz, tls, *args)
         # what arrived before the drop was written and recorded before the converter stopped
         assert cap["resumed"] and cap["skipped_bytes"] >= killed_at, (cap, killed_at)
         assert cap["resent_bytes"] <= 2 * MiB, cap
