@@ -293,16 +293,19 @@ def _initramfs(g, kernels: List[str]) -> None:
 
 
 def _bootloader(g, spec: Dict) -> Dict:
-    # A device map as old installs (and VMware guests) have; it also pins grub-install's idea of the disk:
-    # without it grub-install once mistook the appliance's own disk for the target (a flaky cross-disk error).
-    g.write("/boot/grub/device.map", "(hd0)\t/dev/sda\n")
+    # Inside the appliance the kernel may name the guest's disk sdb (the appliance's own disk sda): ask which
+    # disk holds /boot, install there, then leave the device map old installs (and VMware guests) have.
+    found = _sh(g, 'lsblk -npo PKNAME "$(findmnt -nvo SOURCE -T /boot)" | head -n1', "the disk of /boot").strip()
+    disk = found.splitlines()[-1].strip() if found.startswith("/dev/") else "/dev/sda"
+    g.write("/boot/grub/device.map", "(hd0)\t{}\n".format(disk))
     try:
-        _sh(g, "grub-install --target=i386-pc /dev/sda", "grub-install")
+        _sh(g, "grub-install --target=i386-pc " + disk, "grub-install")
     except RuntimeError as e:
-        log_ = _sh(g, "grub-install -v --target=i386-pc /dev/sda 2>&1 | grep -v 'info: copying\\|saving <' "
-                      "| tail -60 || true", "grub-install -v")
+        log_ = _sh(g, "grub-install -v --target=i386-pc {} 2>&1 | grep -v 'info: copying\\|saving <' "
+                      "| tail -60 || true".format(disk), "grub-install -v")
         if "Installation finished. No error reported." not in log_:
             raise RuntimeError("{}\n--- second attempt (-v):\n{}".format(e, log_)) from None
+    g.write("/boot/grub/device.map", "(hd0)\t/dev/sda\n")
     _sh(g, "update-grub", "update-grub")
     cfg = g.cat("/boot/grub/grub.cfg")
     root = "/dev/sda1" if spec["layout"] == "plain" else "/dev/mapper/vg0-root"

@@ -283,6 +283,8 @@ def test_refresh_killed_before_the_switch_leaves_the_domain_and_the_next_refresh
     runs = sb.status()["runs"]
     assert [r["status"] for r in runs[-2:]] == ["killed", "ok"], runs
     assert not [n for n in os.listdir(sb.dir) if n.endswith(".part")]
+    recorded = {f for g in sb.status()["generations"] for f in g["replica"] + g["fixed"]}
+    assert {n for n in os.listdir(sb.dir) if n.endswith(".qcow2")} == recorded, "images no generation records"
     with capsys.disabled():
         print("\n    [standby] after a SIGKILL before the switch: {:.1f} MiB written into g3, {:.2f} MiB on the "
               "wire".format(r["changed_bytes"] / MiB, r["wire_bytes"] / MiB), end="")

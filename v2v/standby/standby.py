@@ -12,6 +12,7 @@ after the new layers are complete, so a failure at any point leaves the current 
 """
 import fcntl
 import os
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -280,6 +281,18 @@ def _tidy(o: StandbyOptions, st: State, events: Emitter) -> None:
                        "again".format(o.name, ", ".join(p or "" for p in disks), g.number))
         _switch(o, st, switch.spec_from_data(st.get("domain"), [os.path.join(os.path.abspath(o.directory), f)
                                                                  for f in g.fixed], st.get("bus", "virtio")))
+    # images of a generation newer than the latest recorded: a killed run built them, nothing backs onto
+    # them, and the domain is not on them (switched back above); older unrecorded files may be the base
+    # of a merge that was cut short, so they stay
+    latest = st.latest()
+    for n in os.listdir(o.directory):
+        m = _IMAGE.match(n)
+        if m and int(m.group(2)) > (latest.number if latest else 0):
+            os.unlink(os.path.join(o.directory, n))
+            events.info("removed {}, left by a run that did not finish".format(n))
+
+
+_IMAGE = re.compile(r"^(replica|fixed)\.g(\d+)(\.d\d+)?\.qcow2$")
 
 
 def _new_generation(o: StandbyOptions, st: State, kind: str, events: Emitter, t0: float) -> RefreshReport:
