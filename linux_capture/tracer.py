@@ -46,11 +46,39 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
+def remove_stale_instances(root: str) -> List[str]:
+    """Trace instances of agents that are gone (SIGKILL: no ``close()``) hold a ring buffer of kernel
+    memory each: remove them; the names removed."""
+    removed = []
+    base = os.path.join(root, "instances")
+    for name in os.listdir(base):
+        m = re.match(r"^v2v-agent-(\d+)$", name)
+        if not m or _alive(int(m.group(1))):
+            continue
+        try:
+            os.rmdir(os.path.join(base, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 class Tracer:
     name = "tracefs block_rq_complete"
 
     def __init__(self, devices: List[str], buffer_kb: int = 16384, name: str = "") -> None:
         root = _tracefs()
+        self.stale_removed = remove_stale_instances(root)
         self.devs: Dict[tuple, str] = {}
         for dev in devices:
             rdev = os.stat(dev).st_rdev

@@ -156,3 +156,22 @@ def test_resident_tracker_outlives_its_starter_and_answers_what_was_written_sinc
             time.sleep(0.1)
         assert _tracker_pid(ident) is None, "the tracker did not stop when asked"
         assert not os.path.exists(inst), "the stopped tracker left its trace instance"
+
+
+def test_trace_instances_of_agents_that_are_gone_are_removed_by_the_next_tracer():
+    need("mkfs.ext4")
+    from linux_capture.tracer import TRACEFS_ROOTS, Tracer
+    root = next((r for r in TRACEFS_ROOTS if os.path.isdir(os.path.join(r, "instances"))), None)
+    if root is None:
+        pytest.skip("tracefs is not mounted")
+    dead = subprocess.Popen(["true"])
+    dead.wait(timeout=30)
+    stale = os.path.join(root, "instances", "v2v-agent-{}".format(dead.pid))
+    os.mkdir(stale)                                  # what an agent killed with SIGKILL leaves
+    with loop_fs("ext4", mount=False) as fs:
+        tr = Tracer([fs.device])
+        try:
+            assert not os.path.exists(stale) and os.path.basename(stale) in tr.stale_removed
+            assert os.path.exists(tr.inst), "the live tracer's own instance went too"
+        finally:
+            tr.close()
