@@ -185,3 +185,14 @@ def lvm_summary() -> Optional[str]:
         if os.path.exists(tool):
             return "LVM tools present ({})".format(tool)
     return None
+
+
+def process_alive(pid: int) -> bool:
+    """True when a process with this pid exists (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

@@ -16,6 +16,8 @@ import subprocess
 import threading
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
+from .discover import process_alive
+
 LVM_TOOLS = ("/sbin/lvm", "/usr/sbin/lvm", "/usr/bin/lvm")
 CONFIG = "backup { backup = 0 archive = 0 } log { verbose = 0 }"
 SNAP_PREFIX = "v2v-snap-"
@@ -176,16 +178,6 @@ def cow_sizes(pv: PhysicalVolume) -> Optional[Dict[str, int]]:
     return {n: max(MIN_COW, int(w * scale)) // pv.extent_size * pv.extent_size for n, w in want.items()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def remove_stale(vg: str) -> List[str]:
     """Remove the snapshots of agents that are gone (SIGKILL, a crash); the names removed."""
     removed = []
@@ -198,7 +190,7 @@ def remove_stale(vg: str) -> List[str]:
         if not name.startswith(SNAP_PREFIX):
             continue
         pid = name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             _lvm("lvremove", "-f", "{}/{}".format(vg, name))
             removed.append("{}/{}".format(vg, name))
     return removed

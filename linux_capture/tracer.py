@@ -14,6 +14,8 @@ from typing import Dict, List, Optional
 
 from diskfmt.extents import ExtentList
 
+from .discover import process_alive
+
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 _EVENT = re.compile(r"block_rq_complete: (\d+),(\d+) (\S+) \(.*?\) (\d+) \+ (\d+)")
 _MARK = re.compile(r"tracing_mark_write: (v2v-mark-\d+-\d+)")
@@ -53,7 +55,7 @@ def remove_stale_instances(root: str) -> List[str]:
     base = os.path.join(root, "instances")
     for name in os.listdir(base):
         m = re.match(r"^v2v-agent-(\d+)$", name)
-        if not m or _alive(int(m.group(1))):
+        if not m or process_alive(int(m.group(1))):
             continue
         try:
             os.rmdir(os.path.join(base, name))
@@ -61,16 +63,6 @@ def remove_stale_instances(root: str) -> List[str]:
         except OSError:
             pass
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 class Tracer:
