@@ -196,9 +196,8 @@ def _snapshot_plan(disk: Disk) -> Tuple[List[Tuple[Region, ExtentList, str]], Li
         pv = lvm.physical_volume(r.device) if r.holders else None
         if pv is None:
             continue
-        why = lvm.unsupported(pv) or ("" if lvm.cow_sizes(pv) is not None else
-                                      "volume group {} has {} MiB free".format(pv.vg, pv.vg_free >> 20))
-        if why:
+        cows, why = lvm.snapshot_sizes(pv)
+        if cows is None:
             notes.append("{}: no LVM snapshot ({})".format(r.device, why))
             continue
         ext, lines = plan_map(disk, r, pv)

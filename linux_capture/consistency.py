@@ -209,18 +209,16 @@ class DiskCapture:
             pv = lvm.physical_volume(r.device)
             if pv is None:
                 continue
-            for gone in lvm.remove_stale(pv.vg):
-                lines.append("removed {}, left by an agent that is gone".format(gone))
-            pv = lvm.physical_volume(r.device) or pv
-            why = lvm.unsupported(pv)
-            cows = lvm.cow_sizes(pv) if not why else None
-            if not why and cows is None:
-                why = "volume group {} has {} MiB free, too little for a snapshot of each active volume".format(
-                    pv.vg, pv.vg_free >> 20)
-            if why:
+            gone = lvm.remove_stale(pv.vg)
+            for name in gone:
+                lines.append("removed {}, left by an agent that is gone".format(name))
+            if gone:
+                pv = lvm.physical_volume(r.device) or pv
+            cows, why = lvm.snapshot_sizes(pv)
+            if cows is None:
                 lines.append("{}: no LVM snapshot ({}): sent whole, its filesystems frozen".format(r.device, why))
                 continue
-            ss = PvSnapshots(self.disk, r, pv, cows or {})
+            ss = PvSnapshots(self.disk, r, pv, cows)
             self.snapsets.append(ss)
             for start, end, read in ss.overrides():
                 self.reader.override(start, end, read)

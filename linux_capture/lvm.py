@@ -196,6 +196,19 @@ def remove_stale(vg: str) -> List[str]:
     return removed
 
 
+def snapshot_sizes(pv: PhysicalVolume) -> Tuple[Optional[Dict[str, int]], str]:
+    """(copy-on-write bytes per active volume, '') when the PV can be captured from snapshots, else
+    (None, why not): what the plan and the capture both decide by."""
+    why = unsupported(pv)
+    if why:
+        return None, why
+    cows = cow_sizes(pv)
+    if cows is None:
+        return None, "volume group {} has {} MiB free, too little for a snapshot of each active volume".format(
+            pv.vg, pv.vg_free >> 20)
+    return cows, ""
+
+
 _snap_lock = threading.Lock()
 _snapshots: List[Tuple[str, str]] = []          # (vg, name) made by this process, for the emergency removal
 
