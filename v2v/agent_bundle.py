@@ -8,8 +8,10 @@ Beside each module's source the archive holds its bytecode as compiled by the co
 (an unchecked hash-based .pyc, PEP 552, so no timestamp or time zone is involved). zipimport uses it when
 the source runs the same Python minor version (same magic number) and falls back to the source otherwise,
 so other versions work as before; a matching one skips compiling the agent (zipimport compiles each
-module twice, about 0.1 s of every session).
+module twice, about 0.1 s of every session). Compiling costs the converter as much, so the built archive
+is kept in the cache directory, named by the digest of what went into it and of what came out.
 """
+import hashlib
 import importlib.util
 import io
 import marshal
@@ -17,7 +19,9 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+from . import cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("linux_capture", "diskfmt")
@@ -59,15 +63,51 @@ def _sources() -> List[Path]:
 
 
 def agent_bytes() -> bytes:
-    """The pyz archive: a shebang line, then a zip of the bundled packages and __main__.py."""
+    """The pyz archive: a shebang line, then a zip of the bundled packages and __main__.py (from the
+    cache when the sources and the Python are those it was built from)."""
+    sources = [(p.relative_to(ROOT).as_posix(), p.read_bytes()) for p in _sources()]
+    key = hashlib.sha256(importlib.util.MAGIC_NUMBER + MAIN)
+    for name, data in sources:
+        key.update(b"%d:%s\0%d:" % (len(name), name.encode(), len(data)) + data)
+    directory = os.path.join(cache_dir(), "agent")
+    prefix = "v2v-agent-{}-".format(key.hexdigest()[:24])
+    try:
+        for n in os.listdir(directory):
+            if n.startswith(prefix) and n.endswith(".pyz"):
+                with open(os.path.join(directory, n), "rb") as f:
+                    data = f.read()
+                if hashlib.sha256(data).hexdigest()[:24] == n[len(prefix):-4]:
+                    return data
+    except OSError:
+        pass
+    data = _build(sources)
+    _keep(directory, prefix + hashlib.sha256(data).hexdigest()[:24] + ".pyz", data)
+    return data
+
+
+def _keep(directory: str, name: str, data: bytes) -> None:
+    """Replace the cached archive by ``data``; the cache is a nicety, so a failure is ignored."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(directory, name))
+        for n in os.listdir(directory):
+            if n != name and n.startswith("v2v-agent-"):
+                os.unlink(os.path.join(directory, n))
+    except OSError:
+        pass
+
+
+def _build(sources: List[Tuple[str, bytes]]) -> bytes:
     buf = io.BytesIO()
     buf.write(b"#!/usr/bin/env python3\n")
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr(zipfile.ZipInfo("__main__.py", _EPOCH), MAIN, zipfile.ZIP_DEFLATED)
-        for path in _sources():
-            info = zipfile.ZipInfo(path.relative_to(ROOT).as_posix(), _EPOCH)
+        for name, source in sources:
+            info = zipfile.ZipInfo(name, _EPOCH)
             info.external_attr = 0o644 << 16
-            source = path.read_bytes()
             z.writestr(info, source, zipfile.ZIP_DEFLATED)
             pyc = zipfile.ZipInfo(info.filename[:-3] + ".pyc", _EPOCH)
             pyc.external_attr = 0o644 << 16

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from . import cache_dir
 from .events import Emitter
 
 QEMU = "qemu-system-x86_64"
@@ -43,8 +44,7 @@ def _probe_kernel() -> Optional[str]:
 
 
 def _cache_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "v2v", "accel.json")
+    return os.path.join(cache_dir(), "accel.json")
 
 
 def _probe_key(kernel: Optional[str]) -> str:

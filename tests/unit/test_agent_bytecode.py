@@ -54,3 +54,14 @@ def test_bytecode_of_another_python_is_ignored_and_the_source_compiled(tmp_path)
             dst.writestr(info, data)
     compiles, version = _import(out.getvalue(), tmp_path)
     assert compiles > 0 and version
+
+
+def test_the_built_archive_is_cached_and_a_damaged_copy_is_not_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = agent_bytes()
+    cached = list((tmp_path / "cache" / "v2v" / "agent").glob("v2v-agent-*.pyz"))
+    assert len(cached) == 1 and cached[0].read_bytes() == first
+    assert agent_bytes() == first
+    cached[0].write_bytes(first[:-100])               # cut short: its digest no longer matches its name
+    assert agent_bytes() == first
+    assert [p.read_bytes() for p in (tmp_path / "cache" / "v2v" / "agent").glob("v2v-agent-*.pyz")] == [first]
