@@ -19,9 +19,10 @@ Standard library only, Python 3.6+.
 import errno
 import fcntl
 import os
+import queue
 import threading
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from diskfmt.extents import ExtentList
 
@@ -37,6 +38,7 @@ MAX_ROUNDS = 4
 CONVERGED_BYTES = 16 << 20        # dirty bytes small enough to copy under the freeze
 FREEZE_MEMORY = 512 << 20         # dirty data held in memory while frozen
 FREEZE_ATTEMPTS = 2
+READ_AHEAD = 8                    # chunks read and digested ahead of the one being sent
 
 Key = Tuple[int, int]
 SendFn = Callable[[int, bytes, bytes], None]       # (offset, data, sha256)
@@ -267,20 +269,75 @@ class DiskCapture:
             return keys
         return [k for k in keys if k not in self.held or changed.clip(k[0], k[0] + k[1])]
 
+    def _read(self, off: int, n: int) -> bytes:
+        data = self.reader.read(off, n)
+        if len(data) != n:
+            raise OSError(errno.EIO, "short read of {} at offset {} ({} of {} bytes)".format(
+                self.disk.device, off, len(data), n))
+        return data
+
+    def read_ahead(self, keys: List[Key], depth: int = READ_AHEAD) -> Iterator[Tuple[int, int, bytes, bytes]]:
+        """(offset, length, data, sha256) of every key, in order, read and digested by a thread that
+        stays at most ``depth`` chunks ahead, so that the disk reads while the last chunk is compressed
+        and sent. The thread owns the reader until this generator ends; an error it meets is raised
+        here, at the chunk it concerns; closing the generator early stops and joins it."""
+        if len(keys) <= 1:
+            for off, n in keys:
+                data = self._read(off, n)
+                yield off, n, data, protocol.digest(data)
+            return
+        out: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        stop = threading.Event()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                for off, n in keys:
+                    if stop.is_set():
+                        return
+                    data = self._read(off, n)
+                    if not put((off, n, data, protocol.digest(data))):
+                        return
+            except BaseException as e:      # handed to the consumer, raised there
+                put(e)
+                return
+            put(None)
+
+        thread = threading.Thread(target=work, name="v2v-read-ahead", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
     def copy_pass(self, extents: ExtentList, changed: Optional[ExtentList]) -> int:
         """Send every chunk whose bytes differ from what the converter holds; bytes sent."""
         sent = 0
-        for off, n in self._candidates(extents, changed):
-            data = self.reader.read(off, n)
-            if len(data) != n:
-                raise OSError(errno.EIO, "short read of {} at offset {} ({} of {} bytes)".format(
-                    self.disk.device, off, len(data), n))
-            sha = protocol.digest(data)
-            if self.held.get((off, n)) == sha:
-                continue
-            self.send(off, data, sha)
-            self.remember(off, n, sha)
-            sent += n
+        ahead = self.read_ahead(self._candidates(extents, changed))
+        try:
+            for off, n, data, sha in ahead:
+                if self.held.get((off, n)) == sha:
+                    continue
+                self.send(off, data, sha)
+                self.remember(off, n, sha)
+                sent += n
+        finally:
+            ahead.close()       # the reading thread is joined before anything else uses the reader
         return sent
 
     def frozen_pass(self, fz: Freeze, extents: ExtentList, changed: Optional[ExtentList],

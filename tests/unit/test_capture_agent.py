@@ -1,6 +1,9 @@
 """The agent's copy passes on a file that stands in for a disk (no root): only chunks whose bytes differ
 from what the converter holds are sent, and a chunk replaces every held chunk it overlaps."""
 import os
+import threading
+
+import pytest
 
 from diskfmt.extents import ExtentList
 from linux_capture import protocol
@@ -39,6 +42,56 @@ def test_second_pass_sends_only_the_changed_chunk(tmp_path):
         assert cap.copy_pass(whole, None) == MiB
         assert [off for off, _, _ in sent] == [2 * MiB]
         assert cap.copy_pass(whole, None) == 0
+    finally:
+        cap.close()
+
+
+def test_read_ahead_sends_every_chunk_in_order_with_its_own_bytes(tmp_path):
+    data = os.urandom(40 * MiB + 8192)
+    path, cap, sent = _capture(tmp_path, data)
+    try:
+        assert cap.copy_pass(ExtentList([(0, len(data))]), None) == len(data)
+        assert [off for off, _, _ in sent] == list(range(0, len(data), MiB))
+        assert b"".join(d for _, d, _ in sent) == data
+        assert all(sha == protocol.digest(d) for _, d, sha in sent)
+    finally:
+        cap.close()
+
+
+def test_a_failed_send_stops_the_read_ahead_thread_before_the_pass_returns(tmp_path):
+    data = os.urandom(32 * MiB)
+    path = str(tmp_path / "disk.img")
+    with open(path, "wb") as f:
+        f.write(data)
+    calls = []
+
+    def send(off, d, sha):
+        calls.append(off)
+        if calls == [0, MiB, 2 * MiB]:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    cap = DiskCapture(_disk(path, len(data)), send, lambda *a, **k: None, {})
+    try:
+        with pytest.raises(BrokenPipeError):
+            cap.copy_pass(ExtentList([(0, len(data))]), None)
+        assert [t.name for t in threading.enumerate() if t.name == "v2v-read-ahead"] == []
+        assert calls == [0, MiB, 2 * MiB]
+        assert set(cap.held) == {(0, MiB), (MiB, MiB)}
+        # the reader is free again: the next pass sends what the failed one did not
+        assert cap.copy_pass(ExtentList([(0, len(data))]), None) == 30 * MiB
+    finally:
+        cap.close()
+
+
+def test_a_short_read_in_the_read_ahead_thread_is_an_error_naming_the_offset(tmp_path):
+    data = os.urandom(8 * MiB)
+    path, cap, sent = _capture(tmp_path, data)
+    try:
+        os.truncate(path, 5 * MiB + 4096)
+        with pytest.raises(OSError, match="short read of .* at offset {} ".format(5 * MiB)):
+            cap.copy_pass(ExtentList([(0, len(data))]), None)
+        assert [off for off, _, _ in sent] == [0, MiB, 2 * MiB, 3 * MiB, 4 * MiB]
+        assert [t.name for t in threading.enumerate() if t.name == "v2v-read-ahead"] == []
     finally:
         cap.close()
 
