@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 
 # Imported up front: the bootstrap removes the agent file once it is loaded, and nothing may be
 # read from a filesystem this process is about to freeze.
@@ -117,33 +117,38 @@ class Wire:
         self.zero_bytes = 0
         self.chunks = 0
 
-    def write(self, frame: bytes) -> None:
+    def write(self, frame: Union[bytes, List[protocol.Buffer]]) -> None:
+        """One frame, as bytes or as the pieces ``protocol.frame_parts`` gives (written without joining)."""
+        parts = [frame] if isinstance(frame, bytes) else frame
+        size = sum(len(p) for p in parts)
         t0 = self.clock()
-        self.bucket.consume(len(frame))
-        self.out.write(frame)
+        self.bucket.consume(size)
+        for p in parts:
+            self.out.write(p)
         self.out.flush()
         if self.auto is not None:
-            self.auto.wrote(len(frame), self.clock() - t0)
-        self.bytes_on_wire += len(frame)
+            self.auto.wrote(size, self.clock() - t0)
+        self.bytes_on_wire += size
 
     def json(self, ftype: int, obj: Any, disk: int = 0) -> None:
         self.write(protocol.encode_json(ftype, obj, disk))
 
-    def chunk(self, disk: int, offset: int, data: bytes, sha: bytes) -> None:
+    def chunk(self, disk: int, offset: int, data: protocol.Buffer, sha: bytes) -> None:
         codec = self.codec
         if self.auto is not None and not self.auto.want_compress():
             codec = protocol.CODEC_NONE
         if codec != protocol.CODEC_NONE and not protocol.worth_compressing(data, codec, self.level):
             codec = protocol.CODEC_NONE
         t0 = self.clock()
-        frame = protocol.encode_chunk(disk, offset, data, codec, self.level, sha)
-        if self.auto is not None and codec != protocol.CODEC_NONE and frame[4] == protocol.CHUNK:
-            self.auto.compressed(len(data), len(frame), self.clock() - t0)
+        parts = protocol.chunk_frame_parts(disk, offset, data, codec, self.level, sha)
+        ftype = parts[0][4]
+        if self.auto is not None and codec != protocol.CODEC_NONE and ftype == protocol.CHUNK:
+            self.auto.compressed(len(data), sum(len(p) for p in parts), self.clock() - t0)
         self.raw_bytes += len(data)
-        if frame[4] == protocol.ZERO:
+        if ftype == protocol.ZERO:
             self.zero_bytes += len(data)
         self.chunks += 1
-        self.write(frame)
+        self.write(parts)
 
 
 def lower_io_priority() -> str:

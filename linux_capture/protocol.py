@@ -18,7 +18,7 @@ import json
 import lzma
 import struct
 import zlib
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 PROTOCOL_VERSION = 1
 MAGIC = b"V2VF"
@@ -35,6 +35,8 @@ _HEADER = struct.Struct(">4sBBHI")
 _CHUNK = struct.Struct(">QI32s")
 _HAVE_ENTRY = struct.Struct(">QI32s")
 _CRC = struct.Struct(">I")
+
+Buffer = Union[bytes, bytearray, memoryview]
 
 MAX_CHUNK = 16 << 20                 # raw bytes in one chunk
 MAX_PAYLOAD = MAX_CHUNK + (1 << 20)  # encoded data may grow a little; JSON control frames are small
@@ -74,15 +76,25 @@ def frame_name(ftype: int) -> str:
     return FRAME_NAMES.get(ftype, "type-{}".format(ftype))
 
 
-def encode_frame(ftype: int, payload: bytes = b"", disk: int = 0, codec: int = 0) -> bytes:
-    """The bytes of one frame."""
+def frame_parts(ftype: int, payload: Sequence[Buffer] = (), disk: int = 0, codec: int = 0) -> List[Buffer]:
+    """One frame as pieces to write in order (header, the payload's pieces, crc32): a chunk's data is
+    never copied into a frame of its own."""
     if ftype not in FRAME_NAMES:
         raise ValueError("unknown frame type {}".format(ftype))
+    length = sum(len(p) for p in payload)
     limit = MAX_HAVE_PAYLOAD if ftype == HAVE else MAX_PAYLOAD
-    if len(payload) > limit:
-        raise ValueError("{} payload of {} bytes exceeds {}".format(frame_name(ftype), len(payload), limit))
-    head = _HEADER.pack(MAGIC, ftype, codec, disk, len(payload))
-    return head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head)) & 0xFFFFFFFF)
+    if length > limit:
+        raise ValueError("{} payload of {} bytes exceeds {}".format(frame_name(ftype), length, limit))
+    head = _HEADER.pack(MAGIC, ftype, codec, disk, length)
+    crc = zlib.crc32(head)
+    for p in payload:
+        crc = zlib.crc32(p, crc)
+    return [head] + list(payload) + [_CRC.pack(crc & 0xFFFFFFFF)]
+
+
+def encode_frame(ftype: int, payload: bytes = b"", disk: int = 0, codec: int = 0) -> bytes:
+    """The bytes of one frame."""
+    return b"".join(frame_parts(ftype, (payload,), disk, codec))
 
 
 def encode_json(ftype: int, obj: Any, disk: int = 0) -> bytes:
@@ -123,20 +135,26 @@ def worth_compressing(data: bytes, codec: int, level: int = 1, sample: int = 327
     return len(zlib.compress(part, 1)) < 0.95 * len(part)
 
 
-def encode_chunk(disk: int, offset: int, data: bytes, codec: int = CODEC_ZLIB, level: int = 1,
-                 sha: Optional[bytes] = None) -> bytes:
-    """A CHUNK frame for ``data`` at ``offset`` of ``disk`` (a ZERO frame when it is all zeros); the
-    data goes raw when the codec does not make it smaller."""
+def chunk_frame_parts(disk: int, offset: int, data: Buffer, codec: int = CODEC_ZLIB, level: int = 1,
+                      sha: Optional[bytes] = None) -> List[Buffer]:
+    """A CHUNK frame for ``data`` at ``offset`` of ``disk`` (a ZERO frame when it is all zeros), as the
+    pieces ``frame_parts`` gives; the data goes raw when the codec does not make it smaller."""
     if not 0 < len(data) <= MAX_CHUNK:
         raise ValueError("chunk of {} bytes at offset {} is empty or larger than {}".format(
             len(data), offset, MAX_CHUNK))
     sha = sha or digest(data)
     if is_zero(data):
-        return encode_frame(ZERO, _CHUNK.pack(offset, len(data), sha), disk, CODEC_NONE)
+        return frame_parts(ZERO, (_CHUNK.pack(offset, len(data), sha),), disk, CODEC_NONE)
     body = compress(data, codec, level)
     if codec != CODEC_NONE and len(body) >= len(data):
         codec, body = CODEC_NONE, data
-    return encode_frame(CHUNK, _CHUNK.pack(offset, len(data), sha) + body, disk, codec)
+    return frame_parts(CHUNK, (_CHUNK.pack(offset, len(data), sha), body), disk, codec)
+
+
+def encode_chunk(disk: int, offset: int, data: bytes, codec: int = CODEC_ZLIB, level: int = 1,
+                 sha: Optional[bytes] = None) -> bytes:
+    """The bytes of the frame ``chunk_frame_parts`` describes."""
+    return b"".join(chunk_frame_parts(disk, offset, data, codec, level, sha))
 
 
 def _where(disk: int, offset: Optional[int]) -> str:

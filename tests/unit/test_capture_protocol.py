@@ -50,6 +50,20 @@ def test_incompressible_chunk_goes_raw():
     assert protocol.decode_chunk(f).data == data
 
 
+def test_a_raw_chunk_frame_passes_its_data_through_uncopied_and_the_wire_writes_it_whole():
+    data = os.urandom(1 << 20)
+    view = memoryview(bytearray(data))
+    parts = protocol.chunk_frame_parts(2, 8 << 20, view, protocol.CODEC_NONE)
+    assert any(p is view for p in parts)
+    assert b"".join(parts) == protocol.encode_chunk(2, 8 << 20, data, protocol.CODEC_NONE)
+    out = io.BytesIO()
+    w = Wire(out, protocol.CODEC_ZLIB)
+    w.chunk(2, 8 << 20, view, protocol.digest(data))
+    c = protocol.decode_chunk(_frames(out.getvalue())[0])
+    assert (c.disk, c.offset, c.data) == (2, 8 << 20, data)
+    assert w.bytes_on_wire == len(out.getvalue()) and w.raw_bytes == len(data)
+
+
 def test_zero_chunk_carries_no_data():
     frame = protocol.encode_chunk(1, 4096, bytes(1 << 20))
     assert len(frame) < 100
