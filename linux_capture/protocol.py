@@ -64,12 +64,12 @@ class Frame(NamedTuple):
 
 
 class Chunk(NamedTuple):
-    """A decoded CHUNK or ZERO frame: ``data`` is None for a run of zeros."""
+    """A decoded CHUNK or ZERO frame: ``data`` is None for a run of zeros (a view into the frame when it went raw)."""
     disk: int
     offset: int
     length: int
     digest: bytes
-    data: Optional[bytes]
+    data: Optional[Buffer]
 
 
 def frame_name(ftype: int) -> str:
@@ -180,7 +180,7 @@ def decode_chunk(frame: Frame) -> Chunk:
     where = _where(frame.disk, offset)
     if not 0 < length <= MAX_CHUNK:
         raise CorruptFrame("chunk at {} claims {} bytes (at most {})".format(where, length, MAX_CHUNK))
-    body = frame.payload[_CHUNK.size:]
+    body = memoryview(frame.payload)[_CHUNK.size:]      # a view: the data is not copied out of the frame
     if frame.type == ZERO:
         if body:
             raise CorruptFrame("zero chunk at {} carries {} data bytes".format(where, len(body)))
@@ -189,7 +189,7 @@ def decode_chunk(frame: Frame) -> Chunk:
         return Chunk(frame.disk, offset, length, sha, None)
     try:
         if frame.codec == CODEC_NONE:
-            data = bytes(body)
+            data = body
         elif frame.codec == CODEC_ZLIB:
             dec = zlib.decompressobj()
             data = dec.decompress(body, length + 1)
