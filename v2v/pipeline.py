@@ -40,6 +40,8 @@ class ConvertOptions:
     virtio_win: Optional[str] = None     # a virtio-win directory or ISO (Windows guests)
     allow_no_virtio: bool = False        # Windows without virtio drivers: SATA disks, e1000e NIC
     disk_bus: str = "virtio"             # virtio (viostor) | scsi (vioscsi), for Windows guests
+    initramfs_cache: Optional[str] = None   # a directory: a Linux initramfs rebuilt earlier from the same
+                                            # inputs is reused from it (a standby's refreshes)
 
 
 class Timer:
@@ -125,12 +127,12 @@ def random_mac() -> str:
 
 
 def fix(app: Appliance, guest: Guest, plan: Plan, events: Emitter,
-        wplan: Optional[windows.WindowsPlan] = None) -> FixReport:
+        wplan: Optional[windows.WindowsPlan] = None, initramfs_cache: Optional[str] = None) -> FixReport:
     """All guest fixups, in the one appliance session."""
     if wplan is not None:
         lines = windows.convert(app, guest, wplan)
     else:
-        lines = linux_distro.for_guest(app, guest).convert(plan)
+        lines = linux_distro.for_guest(app, guest, initramfs_cache=initramfs_cache).convert(plan)
     for ln in lines:
         (events.warning if ln.status == "warning" else events.info)("{}: {}".format(ln.name, ln.message))
     return FixReport(lines=tuple(lines))
@@ -148,7 +150,7 @@ def fix_overlays(overlays: Sequence[Overlay], opts: ConvertOptions, events: Emit
             guest = inspection.inspect(app, [o.source for o in overlays])
             plan, wplan = preflight(app, guest, opts.output.name, opts, None)
         with events.busy("fix", "converting the guest for KVM"):
-            report = fix(app, guest, plan, events, wplan)
+            report = fix(app, guest, plan, events, wplan, opts.initramfs_cache)
             app.fstrim_all()
             app.close()
     return guest, plan, report

@@ -42,6 +42,15 @@ class Debian(LinuxDistro):
         # still wins (it is read after the environment), and the guest's next rebuild uses its own.
         return ["env", "COMPRESSLEVEL={}".format(INITRAMFS_LEVEL), "update-initramfs", flag, "-k", kernel]
 
+    def initramfs_inputs(self, kernel: str) -> Tuple[List[str], List[str]]:
+        modules = "/lib/modules/" + kernel
+        files = [self.initramfs_path(kernel), "/boot/vmlinuz-" + kernel, "/boot/config-" + kernel,
+                 modules + "/modules.dep", modules + "/modules.builtin", modules + "/modules.order",
+                 "/etc/fstab", "/etc/crypttab", "/etc/mdadm/mdadm.conf", "/etc/lvm/lvm.conf"]
+        trees = ["/etc/initramfs-tools", "/usr/share/initramfs-tools", "/etc/modprobe.d", "/lib/modprobe.d",
+                 "/etc/udev/rules.d"]
+        return files, trees
+
     def _edit_modules_file(self, add: Sequence[str], omit: Sequence[str]) -> None:
         text = self.app.read_text(MODULES_FILE) if self.app.exists(MODULES_FILE) else ""
         present = set()

@@ -15,10 +15,13 @@ class LinuxDistro:
     family = "linux"
     distros: Sequence[str] = ()
 
-    def __init__(self, app: Appliance, guest: Guest, dry_run: bool = False) -> None:
+    def __init__(self, app: Appliance, guest: Guest, dry_run: bool = False,
+                 initramfs_cache: Optional[str] = None) -> None:
         self.app = app
         self.guest = guest
         self.dry_run = dry_run      # report what would change; write nothing (v2v inspect)
+        # a host directory of initramfs files rebuilt earlier, kept by the digest of their inputs (a standby's)
+        self.initramfs_cache = initramfs_cache
 
     @property
     def changed(self) -> str:
@@ -37,6 +40,14 @@ class LinuxDistro:
         raise NotImplementedError
 
     def initramfs_path(self, kernel: str) -> str:
+        raise NotImplementedError
+
+    def initramfs_inputs(self, kernel: str) -> Tuple[List[str], List[str]]:
+        """Files and directory trees of the guest that its rebuilt initramfs of kernel is made from.
+
+        The first file is the guest's own initramfs: an update of a binary or hook that goes into it makes
+        the guest's package manager rebuild that file, so its digest stands for them.
+        """
         raise NotImplementedError
 
     def initramfs_modules(self, kernel: str) -> List[str]:
@@ -79,12 +90,13 @@ def register(cls: Type[LinuxDistro]) -> Type[LinuxDistro]:
     return cls
 
 
-def for_guest(app: Appliance, guest: Guest, dry_run: bool = False) -> LinuxDistro:
+def for_guest(app: Appliance, guest: Guest, dry_run: bool = False,
+              initramfs_cache: Optional[str] = None) -> LinuxDistro:
     """The family class for the guest, or UnsupportedGuest naming what is supported."""
     from . import debian  # noqa: F401 - registers itself; one import line per family
     for cls in _FAMILIES:
         if guest.distro in cls.distros:
-            return cls(app, guest, dry_run)
+            return cls(app, guest, dry_run, initramfs_cache)
     supported = sorted(d for cls in _FAMILIES for d in cls.distros)
     raise UnsupportedGuest("{} ({}) is not supported yet; supported Linux distributions: {}".format(
         guest.product_name, guest.distro, ", ".join(supported)))

@@ -31,6 +31,7 @@ from .state import Chunk, Generation, Run, State
 
 DEFAULT_PARENT = "/var/lib/v2v/standby"
 DEFAULT_KEEP = 7
+INITRAMFS_CACHE = "initramfs"   # initramfs files the fixups rebuilt, reused while their inputs are unchanged
 MERGE_GAP = 0          # adjacent changed chunks are written in one qemu-img call
 
 
@@ -164,7 +165,8 @@ def _fixed_layers(o: StandbyOptions, st: State, replicas: Sequence[str], fixed: 
             from ..pipeline import ConvertOptions, fix_overlays
             mac = st.get("mac") or o.mac
             copts = ConvertOptions(output=OutputOptions(kind="libvirt", name=o.name, uri=o.uri),
-                                   memory_mib=o.memory_mib, vcpus=o.vcpus, mac=mac)
+                                   memory_mib=o.memory_mib, vcpus=o.vcpus, mac=mac,
+                                   initramfs_cache=os.path.join(o.directory, INITRAMFS_CACHE))
             _, plan, report = fix_overlays(overlays, copts, events)
             lines = tuple("{}: {}".format(ln.name, ln.message) for ln in report.lines)
         for t, p in zip(temps, fixed):
