@@ -5,7 +5,9 @@ the same one the live capture test used before (this module runs after it). The 
 the fixups; then, inside the source, files are written, one is deleted and `update-initramfs -u` rewrites
 the initramfs for the hardware it runs on (SATA: no virtio). The refresh must carry the changes into
 generation 2 and re-run the fixups over them: generation 2's fixed layer, read back with libguestfs,
-holds the changes and an initramfs with virtio again, and boots on virtio (a throwaway overlay of it).
+holds the changes and an initramfs with virtio again. A third refresh, after a file written and no change
+to what the initramfs is made from, reuses the initramfs rebuilt for generation 2 instead of running the
+guest's mkinitramfs again; generation 3 boots on virtio (a throwaway overlay of it).
 
 Before that refresh, one is killed (SIGKILL to its process group: the CLI, its appliance, qemu-img) as soon
 as its fixups begin (issue 6): generation 1 must still be the one the domain boots, with no generation 2
@@ -211,7 +213,8 @@ def test_standby_of_the_live_source_refreshes_changes_and_keeps_the_fixups(live_
         assert r["changed"] and r["generation"] == 2, r
         assert written + len(source_initrd) // 2 <= r["changed_bytes"] <= 0.15 * r["used_bytes"], r
         assert r["wire_bytes"] <= r["changed_bytes"] + 8 * MiB, r
-        assert any(ln.startswith("initramfs:") for ln in r["fix_lines"]), r["fix_lines"]
+        assert any(ln.startswith("initramfs:") and "initramfs rebuilt" in ln for ln in r["fix_lines"]), \
+            r["fix_lines"]           # the source rebuilt its own initramfs: a cached one must not serve
         assert _domain_disk(libvirtd) == "fixed.g2.qcow2"
         left = [n for n in os.listdir(directory) if n.endswith(".part")]
         assert not left, left
@@ -225,13 +228,28 @@ def test_standby_of_the_live_source_refreshes_changes_and_keeps_the_fixups(live_
         assert {p: hashlib.sha256(b).hexdigest() if b is not None else None for p, b in files.items()} == new
         assert replica_initrd == source_initrd, "generation 2's replica does not hold the source's new initramfs"
         assert VIRTIO <= _initrd_modules(fixed_initrd), "the fixups did not put virtio into the new initramfs"
+        cached = os.listdir(os.path.join(directory, "initramfs"))
+        assert len(cached) == 1, cached
+        with open(os.path.join(directory, "initramfs", cached[0]), "rb") as f:
+            assert f.read() == fixed_initrd, "the cached initramfs is not generation 2's"
+
+        # no change to what the initramfs is made from: generation 3 gets generation 2's rebuilt initramfs
+        src.ssh("cat > {}/after-g2.bin && sync".format(DATA), input=rng.randbytes(512 * 1024))
+        t3 = time.monotonic()
+        cp = v2v("standby", "refresh", NAME, "--dir", directory, "--json", timeout=1500)
+        reuse_seconds = time.monotonic() - t3
+        assert cp.returncode == 0, cp.stderr[-3000:]
+        r3 = json_events(cp)[-1]["standby"]
+        assert r3["generation"] == 3, r3
+        assert any(ln.startswith("initramfs:") and "initramfs reused" in ln for ln in r3["fix_lines"]), r3["fix_lines"]
+        assert _domain_disk(libvirtd) == "fixed.g3.qcow2"
 
         boot_dir = os.path.join(work, "boot")
         os.makedirs(boot_dir)
-        ov = os.path.join(boot_dir, "g2.qcow2")
+        ov = os.path.join(boot_dir, "g3.qcow2")
         from diskfmt import image
-        image.create_overlay(os.path.join(directory, "fixed.g2.qcow2"), "qcow2", ov)
-        marker = "V2V-STANDBY-G2-{}".format(os.getpid())
+        image.create_overlay(os.path.join(directory, "fixed.g3.qcow2"), "qcow2", ov)
+        marker = "V2V-STANDBY-G3-{}".format(os.getpid())
         inject_marker([(ov, "qcow2")], marker, accel)
         out = boot_and_watch([(ov, "qcow2")], accel=accel, success=marker, bus="virtio", memory_mib=1024,
                              timeout=600)
@@ -242,10 +260,10 @@ def test_standby_of_the_live_source_refreshes_changes_and_keeps_the_fixups(live_
                 FIX_STAGE, killed_seconds, after_kill))
             print("    [live standby] create {:.0f}s ({:.0f} MiB used); update-initramfs in the source {:.0f}s; "
                   "refresh {:.0f}s: {:.1f} MiB changed, {:.1f} MiB on the wire ({:.1f} % of used), capture {:.0f}s; "
-                  "generation 2 booted on virtio in {:.0f}s".format(
+                  "refresh reusing the initramfs {:.0f}s; generation 3 booted on virtio in {:.0f}s".format(
                       create_seconds, created["used_bytes"] / MiB, initramfs_seconds, refresh_seconds,
                       r["changed_bytes"] / MiB, r["wire_bytes"] / MiB, 100.0 * r["wire_bytes"] / r["used_bytes"],
-                      r["capture_seconds"], out.seconds))
+                      r["capture_seconds"], reuse_seconds, out.seconds))
     finally:
         _undefine(libvirtd)
         shutil.rmtree(work, ignore_errors=True)
