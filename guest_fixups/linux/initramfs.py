@@ -139,7 +139,7 @@ def rebuild_and_update_bootloader(d: LinuxDistro) -> List[FixLine]:
         if cache is not None:
             t0 = time.monotonic()
             keys[kernel] = inputs_digest(d, kernel, argv)
-            reused = _reuse(d, cache, kernel, keys[kernel], want)
+            reused = _reuse(d, cache, kernel, keys[kernel], want, builtin)
             if reused is not None:
                 lines.append(replace(reused, seconds=round(time.monotonic() - t0, 1)))
                 continue
@@ -165,7 +165,8 @@ def rebuild_and_update_bootloader(d: LinuxDistro) -> List[FixLine]:
     return lines
 
 
-def _reuse(d: LinuxDistro, cache: InitramfsCache, kernel: str, key: str, want: List[str]) -> Optional[FixLine]:
+def _reuse(d: LinuxDistro, cache: InitramfsCache, kernel: str, key: str, want: List[str], builtin: set
+           ) -> Optional[FixLine]:
     """Upload the cached initramfs of kernel for these inputs, checked first as a rebuilt one is; None: rebuild."""
     from .initrd import list_files, module_names
     cached = cache.get(kernel, key)
@@ -174,21 +175,25 @@ def _reuse(d: LinuxDistro, cache: InitramfsCache, kernel: str, key: str, want: L
     try:
         with open(cached, "rb") as f:
             inside = set(module_names(list_files(f.read())))
-        line = _verify(kernel, want, _builtin(d, kernel), inside, "reused (the guest's initramfs, kernel, modules "
-                       "and initramfs configuration are as when it was rebuilt)")
+        line = _verify(kernel, want, builtin, inside, "reused", " (the guest's initramfs, kernel, modules and "
+                       "initramfs configuration are as when it was rebuilt)")
     except FixupError:
         cache.discard(kernel, key)         # a damaged copy: nothing was uploaded, the caller rebuilds
         return None
-    d.app.g.upload(cached, d.initramfs_path(kernel))
+    try:
+        d.app.g.upload(cached, d.initramfs_path(kernel))
+    except RuntimeError as e:
+        raise FixupError("uploading the initramfs of {} into the guest failed: {}".format(kernel, e)) from None
     return line
 
 
-def _verify(kernel: str, want: List[str], builtin: set, inside: set, how: str = "rebuilt") -> FixLine:
+def _verify(kernel: str, want: List[str], builtin: set, inside: set, how: str = "rebuilt", why: str = ""
+            ) -> FixLine:
     absent = [m for m in want if m not in inside]
     if absent:
-        raise FixupError("the {} initramfs of {} still lacks {}".format(how.split(" ")[0], kernel, ", ".join(absent)))
+        raise FixupError("the {} initramfs of {} still lacks {}".format(how, kernel, ", ".join(absent)))
     left = sorted(inside & {m.replace("-", "_") for m in OLD_HYPERVISOR_MODULES})
-    msg = "kernel {}: initramfs {} with {}".format(kernel, how, ", ".join(VIRTIO_MODULES))
+    msg = "kernel {}: initramfs {}{} with {}".format(kernel, how, why, ", ".join(VIRTIO_MODULES))
     if builtin & set(VIRTIO_MODULES):
         msg += " ({} built in)".format(", ".join(sorted(builtin & set(VIRTIO_MODULES))))
     msg += "; old-hypervisor drivers excluded" if not left else "; still holds " + ", ".join(left)
