@@ -612,6 +612,9 @@ def standby_refresh(name: str, directory: Optional[str], keep: Optional[int], ba
     """Send the chunks that changed on the source since the latest generation, write them into a new
     generation, re-run the fixups, and switch the domain to it. Refused while the domain runs.
 
+    The initramfs the fixups rebuilt last is kept in DIR/initramfs and reused while what it is made
+    from (the source's own initramfs and kernel, its modules and initramfs configuration) is unchanged.
+
     \b
     Examples:
       v2v standby refresh db1-standby
