@@ -60,7 +60,7 @@ class InitramfsCache:
             return
         os.makedirs(self.directory, exist_ok=True)
         prefix = "initrd.img-{}.".format(kernel)
-        tmp = path + ".part"
+        tmp = os.path.join(self.directory, "." + os.path.basename(path) + ".part")   # hidden, as our other temporaries
         try:
             fill(tmp)
             os.replace(tmp, path)

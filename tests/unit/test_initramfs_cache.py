@@ -51,7 +51,7 @@ def test_a_failed_download_leaves_nothing_and_keeps_the_older_file(tmp_path):
 
 
 def test_a_part_file_left_by_a_killed_run_is_removed_by_the_next_store(tmp_path):
-    (tmp_path / ("initrd.img-6.1.0-50-amd64." + KEY1 + ".part")).write_bytes(b"killed mid-download")
+    (tmp_path / (".initrd.img-6.1.0-50-amd64." + KEY1 + ".part")).write_bytes(b"killed mid-download")
     cache = InitramfsCache(str(tmp_path))
     assert cache.get("6.1.0-50-amd64", KEY1) is None
     cache.put("6.1.0-50-amd64", KEY2, _writer(b"whole"))
